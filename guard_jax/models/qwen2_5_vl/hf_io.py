@@ -1,0 +1,303 @@
+"""Load and save Hugging Face Qwen2.5-VL directories without torch.
+
+Loading streams one tensor at a time from safetensors (single file or sharded index, hub or
+transformers-5 key layout) into preallocated arrays, so host memory peaks near one tensor beyond
+the model's own arrays. Saving streams one tensor at a time into size-capped safetensors shards
+written by a small writer of our own (the safetensors library needs a whole shard in memory),
+into a temporary directory that is renamed into place only when everything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from guard_jax.models.qwen2_5_vl.hf_keys import IGNORED_KEYS, KeyMap, key_maps, normalize_key
+from guard_jax.models.qwen2_5_vl.model import Qwen25VL, abstract_model
+
+ASSET_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+    "preprocessor_config.json",
+)
+DEFAULT_SHARD_BYTES = 5 * 1000**3
+
+_ST_DTYPES = {
+    np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float64): "F64",
+}
+
+
+def _np_dtype(name) -> np.dtype:
+    return np.dtype(jnp.dtype(name))
+
+
+def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """Our parameter paths ('text.layers.q', ...) -> the nnx.Param holding them."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        out[".".join(str(p) for p in path)] = var
+    return out
+
+
+# ------------------------------------------------------------------------------ reading
+class _TensorIndex:
+    """Key -> file for a directory holding model.safetensors or a sharded index."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        index = path / "model.safetensors.index.json"
+        single = path / "model.safetensors"
+        self.where: dict[str, str] = {}
+        if index.exists():
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index}: no 'weight_map' object")
+            files = sorted(set(weight_map.values()))
+        elif single.exists():
+            files = ["model.safetensors"]
+        else:
+            if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+                raise ValueError(f"{path}: holds only pickle weights (.bin/.pt); guard_jax reads "
+                                 "safetensors only. Convert them with transformers first.")
+            raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+        self.handles = {}
+        for fname in files:
+            fpath = path / fname
+            if not fpath.exists():
+                raise FileNotFoundError(f"{fpath}: listed in the index but missing")
+            h = safe_open(str(fpath), framework="numpy")
+            self.handles[fname] = h
+            for k in h.keys():
+                nk = normalize_key(k)
+                if nk in self.where:
+                    raise ValueError(f"{path}: tensor {nk!r} appears twice ({self.where[nk][0]} "
+                                     f"and {fname})")
+                self.where[nk] = (fname, k)
+
+    def get(self, key: str) -> np.ndarray:
+        fname, raw = self.where[key]
+        return self.handles[fname].get_tensor(raw)
+
+
+def _set_layer(buf, x, i):
+    return jax.lax.dynamic_update_index_in_dim(buf, x, i, 0)
+
+
+# Donated, so filling a stacked parameter layer by layer updates it in place.
+_set_layer_donated = jax.jit(_set_layer, donate_argnums=0)
+
+
+def load_hf(path, *, dtype: str = "bfloat16", mesh=None, compute_dtype: str | None = None,
+            progress: bool = True, **config_overrides) -> Qwen25VL:
+    """Reads an HF Qwen2.5-VL directory into a guard_jax model (parameters in `dtype`)."""
+    if mesh is not None:
+        raise NotImplementedError("load_hf(mesh=...): sharded loading is not implemented yet; "
+                                  "load without a mesh")
+    path = Path(path)
+    config = Qwen25VLConfig.from_pretrained(
+        path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
+    index = _TensorIndex(path)
+    model = abstract_model(config)
+    variables = _variables(model)
+    maps = key_maps(config)
+    _check_keys(index, maps, config, path)
+    target = _np_dtype(dtype)
+    for km in tqdm(maps, desc=f"loading {path.name}", disable=not progress, unit="param"):
+        var = variables[km.ours]
+        shape = tuple(var.get_value().shape)
+        if km.stacked:
+            buf = jnp.zeros(shape, target)
+            for i, key in enumerate(km.hf_keys()):
+                x = km.to_ours(index.get(key), shape[1:]).astype(target)
+                buf = _set_layer_donated(buf, x, i)
+            var.set_value(buf)
+        else:
+            var.set_value(jnp.asarray(km.to_ours(index.get(km.hf), shape).astype(target)))
+    model.hf_source = str(path)
+    return model
+
+
+def _check_keys(index: _TensorIndex, maps: list[KeyMap], config: Qwen25VLConfig, path: Path):
+    wanted = {k for km in maps for k in km.hf_keys()}
+    have = {k for k in index.where if not IGNORED_KEYS.search(k)}
+    missing = sorted(wanted - have)
+    extra = sorted(have - wanted)
+    if config.tie_word_embeddings and "lm_head.weight" in extra:
+        # A tied config with an lm_head in the file: fine only if it is an exact copy.
+        if not np.array_equal(index.get("lm_head.weight"), index.get("model.embed_tokens.weight")):
+            raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "
+                             "model.embed_tokens.weight; set tie_word_embeddings=false in "
+                             "config.json to use a separate head")
+        extra.remove("lm_head.weight")
+    if missing:
+        more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
+        hint = (" (tie_word_embeddings is false, so lm_head.weight is required)"
+                if "lm_head.weight" in missing else "")
+        raise ValueError(f"{path}: checkpoint lacks {missing[:8]}{more}{hint}")
+    if extra:
+        more = f" (and {len(extra) - 8} more)" if len(extra) > 8 else ""
+        raise ValueError(f"{path}: unexpected tensors {extra[:8]}{more}: is this a Qwen2.5-VL "
+                         "checkpoint matching its config.json?")
+
+
+# ------------------------------------------------------------------------------ writing
+class _Entry:
+    def __init__(self, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                 make: Callable[[], np.ndarray]):
+        self.key, self.shape, self.dtype, self.make = key, shape, dtype, make
+        self.nbytes = int(np.prod(shape)) * dtype.itemsize
+
+
+def _plan_entries(model: Qwen25VL, dtype) -> list[_Entry]:
+    variables = _variables(model)
+    entries = []
+    for km in key_maps(model.config):
+        var = variables[km.ours]
+        arr = var.get_value()
+        out_dtype = _np_dtype(dtype) if dtype is not None else np.dtype(arr.dtype)
+        if km.stacked:
+            for i, key in enumerate(km.hf_keys()):
+                entries.append(_Entry(key, km.hf_shape, out_dtype,
+                                      lambda a=arr, i=i, km=km, dt=out_dtype:
+                                      km.to_hf(np.asarray(a[i]).astype(dt))))
+        else:
+            entries.append(_Entry(km.hf, km.hf_shape, out_dtype,
+                                  lambda a=arr, km=km, dt=out_dtype:
+                                  km.to_hf(np.asarray(a).astype(dt))))
+    entries.sort(key=lambda e: e.key)
+    return entries
+
+
+def _shard(entries: list[_Entry], max_bytes: int) -> list[list[_Entry]]:
+    shards, cur, size = [], [], 0
+    for e in entries:
+        if cur and size + e.nbytes > max_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(e)
+        size += e.nbytes
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def write_safetensors(path: Path, entries: Iterable[_Entry], metadata: dict[str, str],
+                      on_tensor: Callable[[int], None] | None = None) -> None:
+    """Writes a safetensors file one tensor at a time (header first, from shapes and dtypes)."""
+    entries = list(entries)
+    header: dict = {"__metadata__": metadata}
+    off = 0
+    for e in entries:
+        if e.dtype not in _ST_DTYPES:
+            raise ValueError(f"{e.key}: dtype {e.dtype} cannot be written to safetensors here")
+        header[e.key] = {"dtype": _ST_DTYPES[e.dtype], "shape": list(e.shape),
+                         "data_offsets": [off, off + e.nbytes]}
+        off += e.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned, as the reference writer does
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for e in entries:
+            a = e.make()
+            if a.shape != e.shape or a.dtype != e.dtype:
+                raise AssertionError(f"{e.key}: produced {a.shape} {a.dtype}, planned {e.shape} "
+                                     f"{e.dtype}")
+            f.write(a.tobytes(order="C"))
+            if on_tensor:
+                on_tensor(e.nbytes)
+
+
+def _dtype_name(dt: np.dtype) -> str:
+    return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dt.name]
+
+
+def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None,
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> Path:
+    """Writes an HF directory that `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads.
+
+    Weights go in the hub key layout, in `dtype` (default: the parameters' own dtype), sharded
+    at `max_shard_bytes` with an index when more than one file is needed. Tokenizer,
+    preprocessor and chat-template files are copied from `assets_from` (default: the directory
+    the model was loaded from, if any). A crash never leaves a complete-looking directory.
+    """
+    path = Path(path)
+    config: Qwen25VLConfig = model.config
+    entries = _plan_entries(model, dtype)
+    dtypes = {e.dtype for e in entries}
+    torch_dtype = _dtype_name(max(dtypes, key=lambda d: d.itemsize) if len(dtypes) > 1
+                              else next(iter(dtypes)))
+    shards = _shard(entries, max_shard_bytes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{int(time.time())}"
+    tmp.mkdir()
+    try:
+        total = sum(e.nbytes for e in entries)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {path.name}",
+                   disable=not progress)
+        names = (["model.safetensors"] if len(shards) == 1 else
+                 [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+        for name, shard in zip(names, shards):
+            write_safetensors(tmp / name, shard, {"format": "pt"}, on_tensor=bar.update)
+        bar.close()
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total,
+                                  "total_parameters": sum(int(np.prod(e.shape)) for e in entries)},
+                     "weight_map": {e.key: n for n, s in zip(names, shards) for e in s}}
+            _write_json(tmp / "model.safetensors.index.json", index)
+        _write_json(tmp / "config.json", config.to_hf_dict(torch_dtype=torch_dtype))
+        src = assets_from if assets_from is not None else getattr(model, "hf_source", None)
+        _write_generation_config(tmp, config, Path(src) if src else None)
+        if src:
+            for fname in ASSET_FILES:
+                if (Path(src) / fname).is_file():
+                    shutil.copy2(Path(src) / fname, tmp / fname)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{int(time.time())}"
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_json(p: Path, obj) -> None:
+    with open(p, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def _write_generation_config(out: Path, config: Qwen25VLConfig, src: Path | None) -> None:
+    gen = {}
+    if src is not None and (src / "generation_config.json").is_file():
+        with open(src / "generation_config.json", encoding="utf-8") as f:
+            gen = json.load(f)
+    eos = gen.get("eos_token_id", [])
+    eos = [eos] if isinstance(eos, int) else list(eos)
+    for i in config.generation_eos_ids:  # both <|im_end|> and <|endoftext|> stop generation
+        if i not in eos:
+            eos.append(i)
+    gen.update({"bos_token_id": config.bos_token_id, "eos_token_id": eos,
+                "pad_token_id": gen.get("pad_token_id", config.pad_token_id)})
+    gen.setdefault("use_cache", True)
+    _write_json(out / "generation_config.json", gen)

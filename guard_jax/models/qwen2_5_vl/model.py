@@ -1,0 +1,310 @@
+"""Qwen2.5-VL in Flax NNX: vision tower, text decoder, and the VLM that joins them.
+
+Numerics follow transformers 5.23 (reference §8): RMSNorm normalises in float32 and casts back
+before the weight multiply; the vision RoPE rotates in float32; the text M-RoPE casts cos/sin to
+the activation dtype; attention softmax is float32. Layer stacks run as one `lax.scan` each, with
+optional rematerialisation, so a 36-layer decoder compiles in about one layer's time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from guard_jax.models.qwen2_5_vl import positions as pos_lib
+from guard_jax.models.qwen2_5_vl.attention import dot_product_attention
+from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from guard_jax.models.qwen2_5_vl.params import ParamSpec, text_specs, vision_specs
+
+VISION_NORM_EPS = 1e-6  # hard-coded in transformers' vision tower, not read from the config
+
+
+# ---------------------------------------------------------------------------- building blocks
+def rms_norm(x, weight, eps):
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(dtype) * x32.astype(dtype)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.dots_saveable,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }
+    return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype), tree)
+
+
+class ParamGroup(nnx.Module):
+    """A bag of parameters created from specs (random normal / zeros / ones)."""
+
+    def __init__(self, specs: dict[str, ParamSpec], *, dtype, init_std: float, rngs: nnx.Rngs):
+        for name, spec in specs.items():
+            if spec.init == "normal":
+                value = init_std * jax.random.normal(rngs.params(), spec.shape, jnp.float32)
+                value = value.astype(dtype)
+            elif spec.init == "zeros":
+                value = jnp.zeros(spec.shape, dtype)
+            else:
+                value = jnp.ones(spec.shape, dtype)
+            setattr(self, name, nnx.Param(value, logical_axes=spec.axes))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+# ---------------------------------------------------------------------------- vision tower
+class VisionTower(nnx.Module):
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        specs = vision_specs(config)
+        kw = dict(dtype=jnp.dtype(config.param_dtype), init_std=config.vision.initializer_range,
+                  rngs=rngs)
+        self.patch_embed = ParamGroup(specs["patch_embed"], **kw)
+        self.blocks = ParamGroup(specs["blocks"], **kw)
+        self.merger = ParamGroup(specs["merger"], **kw)
+
+    def __call__(self, pixel_values, seg_full, seg_win, pos_hw):
+        """pixel_values [N, C*T*P*P] in processor order -> merged features [N/4, out_hidden]."""
+        vc = self.config.vision
+        dtype = jnp.dtype(self.config.dtype)
+        hd = vc.head_dim
+        n = pixel_values.shape[0]
+        x = pixel_values.astype(dtype) @ self.patch_embed.kernel[...].astype(dtype)
+
+        # 2-D rotary table ("axial"): angles = concat(h * inv_freq, w * inv_freq), float32.
+        inv = 1.0 / (vc.rope_theta ** (jnp.arange(0, hd // 2, 2, dtype=jnp.float32) / (hd // 2)))
+        ang = jnp.concatenate([pos_hw[:, :1].astype(jnp.float32) * inv,
+                               pos_hw[:, 1:].astype(jnp.float32) * inv], axis=-1)
+        ang = jnp.concatenate([ang, ang], axis=-1)[:, None, :]  # [N, 1, hd]
+        cos, sin = jnp.cos(ang), jnp.sin(ang)
+
+        mask_full = (seg_full[:, None] == seg_full[None, :])[None, None]
+        mask_win = (seg_win[:, None] == seg_win[None, :])[None, None]
+        is_full = np.zeros((vc.depth,), bool)
+        is_full[list(vc.fullatt_block_indexes)] = True
+        impl = self.config.attention_impl
+
+        def block(x, p):
+            p, full = p
+            p = _cast(p, dtype)
+            h = rms_norm(x, p["norm1"], VISION_NORM_EPS)
+            qkv = jnp.einsum("nd,dchk->nchk", h, p["qkv"]) + p["qkv_bias"]
+            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+            q = (q.astype(jnp.float32) * cos + rotate_half(q.astype(jnp.float32)) * sin).astype(dtype)
+            k = (k.astype(jnp.float32) * cos + rotate_half(k.astype(jnp.float32)) * sin).astype(dtype)
+            mask = jnp.where(full, mask_full, mask_win)
+            a = dot_product_attention(q[None], k[None], v[None], mask=mask, impl=impl)[0]
+            x = x + jnp.einsum("nhk,hkd->nd", a, p["proj"]) + p["proj_bias"]
+            h = rms_norm(x, p["norm2"], VISION_NORM_EPS)
+            g = h @ p["gate"] + p["gate_bias"]
+            u = h @ p["up"] + p["up_bias"]
+            x = x + (jax.nn.silu(g) * u) @ p["down"] + p["down_bias"]
+            return x, None
+
+        block = _remat(block, self.config.remat)
+        x, _ = jax.lax.scan(block, x, (self.blocks.arrays(), jnp.asarray(is_full)))
+
+        m = _cast(self.merger.arrays(), dtype)
+        y = rms_norm(x, m["ln_q"], VISION_NORM_EPS)
+        y = y.reshape(n // vc.merge_unit, vc.merge_unit * vc.hidden_size)
+        y = jax.nn.gelu(y @ m["fc1"] + m["fc1_bias"], approximate=False)
+        return y @ m["fc2"] + m["fc2_bias"]
+
+
+# ---------------------------------------------------------------------------- text decoder
+def mrope_cos_sin(position_ids, config: Qwen25VLConfig, dtype):
+    """position_ids (3, B, L) -> cos, sin [B, L, 1, head_dim] in `dtype` (contiguous sections)."""
+    t = config.text
+    hd = t.head_dim
+    inv = 1.0 / (t.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))  # [hd/2]
+    axis = np.repeat(np.arange(3), t.mrope_section)  # which of (t, h, w) drives frequency j
+    pos = position_ids.astype(jnp.float32)[axis]  # [hd/2, B, L]
+    ang = jnp.moveaxis(pos, 0, -1) * inv  # [B, L, hd/2]
+    ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]
+    return jnp.cos(ang).astype(dtype), jnp.sin(ang).astype(dtype)
+
+
+class TextModel(nnx.Module):
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        specs = text_specs(config)
+        kw = dict(dtype=jnp.dtype(config.param_dtype), init_std=config.text.initializer_range,
+                  rngs=rngs)
+        top = specs["top"]
+        self.embed = nnx.Param(ParamGroup({"w": top["embed"]}, **kw).w[...],
+                               logical_axes=top["embed"].axes)
+        self.layers = ParamGroup(specs["layers"], **kw)
+        self.norm = nnx.Param(jnp.ones(top["norm"].shape, kw["dtype"]), logical_axes=("embed",))
+        if "lm_head" in top:
+            self.lm_head = nnx.Param(ParamGroup({"w": top["lm_head"]}, **kw).w[...],
+                                     logical_axes=top["lm_head"].axes)
+
+    def embed_tokens(self, input_ids):
+        return jnp.take(self.embed[...], input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
+
+    def decoder(self, x, position_ids, attention_mask):
+        """x [B, L, E] embeddings -> final-normed hidden states [B, L, E]."""
+        tc = self.config.text
+        dtype = x.dtype
+        cos, sin = mrope_cos_sin(position_ids, self.config, dtype)
+        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+        impl = self.config.attention_impl
+        eps = tc.rms_norm_eps
+
+        def layer(x, p):
+            p = _cast(p, dtype)
+            h = rms_norm(x, p["input_norm"], eps)
+            q = jnp.einsum("ble,ehd->blhd", h, p["q"]) + p["q_bias"]
+            k = jnp.einsum("ble,ehd->blhd", h, p["k"]) + p["k_bias"]
+            v = jnp.einsum("ble,ehd->blhd", h, p["v"]) + p["v_bias"]
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            a = dot_product_attention(q, k, v, mask=mask, is_causal=True, impl=impl)
+            x = x + jnp.einsum("blhd,hde->ble", a, p["o"])
+            h = rms_norm(x, p["post_norm"], eps)
+            x = x + (jax.nn.silu(h @ p["gate"]) * (h @ p["up"])) @ p["down"]
+            return x, None
+
+        layer = _remat(layer, self.config.remat)
+        x, _ = jax.lax.scan(layer, x, self.layers.arrays())
+        return rms_norm(x, self.norm[...], eps)
+
+    def logits(self, h):
+        dtype = h.dtype
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("ble,ve->blv", h, self.embed[...].astype(dtype))
+        return h @ self.lm_head[...].astype(dtype)
+
+
+# ---------------------------------------------------------------------------- the VLM
+class Qwen25VL(nnx.Module):
+    """Qwen2.5-VL for conditional generation.
+
+    Call it like transformers' `Qwen2_5_VLForConditionalGeneration.forward`:
+    `model(input_ids, attention_mask=..., pixel_values=..., image_grid_thw=...)` -> logits
+    [B, L, vocab]. That entry point does the host-side index work (M-RoPE positions, vision
+    segments) and then runs `forward`, which is pure array code suitable for `jit`.
+    """
+
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = config
+        self.visual = VisionTower(config, rngs=rngs)
+        self.text = TextModel(config, rngs=rngs)
+
+    # -- host side
+    def prepare_inputs(self, input_ids, *, attention_mask=None, pixel_values=None,
+                       image_grid_thw=None, position_ids=None, **kw) -> dict[str, Any]:
+        """Host-side work: validation, M-RoPE positions and vision segments, as numpy arrays."""
+        c = self.config
+        pos_lib.check_no_video(input_ids, c, **kw)
+        unknown = sorted(k for k in kw if kw[k] is not None and k not in (
+            "mm_token_type_ids", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"))
+        if unknown:
+            raise TypeError(f"unexpected arguments: {unknown}")
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length]; got shape {ids.shape}")
+        if (ids < 0).any() or (ids >= c.text.vocab_size).any():
+            raise ValueError(f"input_ids hold ids outside [0, {c.text.vocab_size})")
+        mask = (np.ones(ids.shape, np.int32) if attention_mask is None
+                else np.asarray(attention_mask).reshape(ids.shape).astype(np.int32))
+        n_img_tok = int((ids == c.image_token_id).sum())
+        out: dict[str, Any] = {"input_ids": ids.astype(np.int32), "attention_mask": mask}
+        if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values given without image_grid_thw")
+            grid = np.asarray(image_grid_thw).reshape(-1, 3)
+            pv = pixel_values
+            n_patch = int(np.prod(grid, axis=1).sum())
+            if pv.shape != (n_patch, c.vision.patch_dim):
+                raise ValueError(
+                    f"pixel_values has shape {tuple(pv.shape)}; image_grid_thw {grid.tolist()} "
+                    f"needs ({n_patch}, {c.vision.patch_dim})")
+            expected = n_patch // c.vision.merge_unit
+            if n_img_tok != expected:
+                raise ValueError(
+                    f"Image features and image tokens do not match: input_ids hold {n_img_tok} "
+                    f"image tokens (id {c.image_token_id}) but image_grid_thw {grid.tolist()} "
+                    f"gives {expected} features")
+            out["pixel_values"] = pv
+            out.update(pos_lib.vision_segments(grid, c))
+        elif n_img_tok:
+            raise ValueError(f"input_ids hold {n_img_tok} image tokens but no pixel_values")
+        if position_ids is None:
+            position_ids, _ = pos_lib.get_rope_index(
+                ids, image_grid_thw if pixel_values is not None else None, mask, c)
+        else:
+            position_ids = np.asarray(position_ids)
+            if position_ids.ndim == 2:
+                position_ids = np.broadcast_to(position_ids[None], (3,) + position_ids.shape)
+            if position_ids.shape != (3,) + ids.shape:
+                raise ValueError(f"position_ids must be (3, B, L) or (B, L); got "
+                                 f"{position_ids.shape} for input_ids {ids.shape}")
+        out["position_ids"] = np.asarray(position_ids, np.int32)
+        return out
+
+    def __call__(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                 position_ids=None, **kw):
+        batch = self.prepare_inputs(input_ids, attention_mask=attention_mask,
+                                    pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                                    position_ids=position_ids, **kw)
+        return _jitted_forward(self, batch)
+
+    # -- device side (pure array code)
+    def embed(self, input_ids, pixel_values=None, seg_full=None, seg_win=None, pos_hw=None):
+        x = self.text.embed_tokens(input_ids)
+        if pixel_values is None:
+            return x
+        feats = self.visual(pixel_values, seg_full, seg_win, pos_hw).astype(x.dtype)
+        is_img = input_ids == self.config.image_token_id
+        idx = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
+        idx = jnp.clip(idx, 0, feats.shape[0] - 1)
+        return jnp.where(is_img[..., None], feats[idx], x)
+
+    def hidden_states(self, input_ids, attention_mask, position_ids, pixel_values=None,
+                      seg_full=None, seg_win=None, pos_hw=None):
+        x = self.embed(input_ids, pixel_values, seg_full, seg_win, pos_hw)
+        return self.text.decoder(x, position_ids, attention_mask)
+
+    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, seg_full=None,
+                seg_win=None, pos_hw=None):
+        h = self.hidden_states(input_ids, attention_mask, position_ids, pixel_values, seg_full,
+                               seg_win, pos_hw)
+        return self.text.logits(h)
+
+
+@nnx.jit
+def _jitted_forward(model: Qwen25VL, batch):
+    return model.forward(**batch)
+
+
+def init_model(config: Qwen25VLConfig, seed: int = 0) -> Qwen25VL:
+    return Qwen25VL(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(config: Qwen25VLConfig) -> Qwen25VL:
+    """Shapes and dtypes only; nothing is allocated."""
+    return nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
+
+
+__all__ = ["Qwen25VL", "init_model", "abstract_model", "rms_norm", "mrope_cos_sin"]

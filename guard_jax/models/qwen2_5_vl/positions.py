@@ -1,0 +1,174 @@
+"""Host-side (numpy) index arithmetic for Qwen2.5-VL: M-RoPE position ids and vision segments.
+
+Everything here depends only on token ids, the attention mask and the image grids, never on
+activations, so it runs once on the host and feeds `jit` as plain integer arrays with static
+shapes. Patches stay in the image processor's (merge-block-major) order throughout: windowed
+and full attention become segment-id masks, which is exact (see the reference, §5.8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+
+PAD_SEGMENT = -1  # padding patches form their own segment and never mix with real ones
+
+
+def _as_grid(image_grid_thw) -> np.ndarray:
+    if image_grid_thw is None:
+        return np.zeros((0, 3), np.int64)
+    grid = np.asarray(image_grid_thw, dtype=np.int64).reshape(-1, 3)
+    if (grid <= 0).any():
+        raise ValueError(f"image_grid_thw has non-positive entries: {grid.tolist()}")
+    return grid
+
+
+def check_no_video(input_ids, config: Qwen25VLConfig, **kw) -> None:
+    for name in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        if kw.get(name) is not None:
+            raise NotImplementedError(
+                f"{name} was given: video inputs are not supported by guard_jax's Qwen2.5-VL "
+                "(images only). Pass frames as separate images instead.")
+    if input_ids is not None and (np.asarray(input_ids) == config.video_token_id).any():
+        raise NotImplementedError(
+            f"input_ids contain the video token id {config.video_token_id}: video inputs are not "
+            "supported by guard_jax's Qwen2.5-VL (images only).")
+
+
+def get_rope_index(input_ids, image_grid_thw, attention_mask, config: Qwen25VLConfig):
+    """3-axis M-RoPE positions, as transformers' `get_rope_index` for images.
+
+    Returns `position_ids` int32 (3, B, L) and `rope_deltas` int32 (B, 1). Padding positions
+    (attention_mask 0) get position 0 on every axis.
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
+    b, length = ids.shape
+    mask = np.ones_like(ids, dtype=bool) if attention_mask is None else (
+        np.asarray(attention_mask).astype(bool))
+    grid = _as_grid(image_grid_thw)
+    merge = config.vision.spatial_merge_size
+    pos = np.zeros((3, b, length), np.int64)
+    deltas = np.zeros((b, 1), np.int64)
+    img = 0
+    for i in range(b):
+        valid = np.nonzero(mask[i])[0]
+        toks = ids[i, valid]
+        is_img = toks == config.image_token_id
+        out = np.zeros((3, len(toks)), np.int64)
+        cur = 0
+        j = 0
+        n = len(toks)
+        while j < n:
+            if not is_img[j]:
+                k = j
+                while k < n and not is_img[k]:
+                    k += 1
+                out[:, j:k] = cur + np.arange(k - j)
+                cur += k - j
+                j = k
+                continue
+            if img >= len(grid):
+                raise ValueError(
+                    f"sample {i}: more image-token runs than images in image_grid_thw "
+                    f"({len(grid)} images)")
+            t, h, w = (int(x) for x in grid[img])
+            lh, lw = h // merge, w // merge
+            count = t * lh * lw
+            run_end = j
+            while run_end < n and is_img[run_end]:
+                run_end += 1
+            if run_end - j < count:
+                raise ValueError(
+                    f"sample {i}: image {img} (grid {[t, h, w]}) needs {count} image tokens but "
+                    f"the run at position {j} has {run_end - j}")
+            ti, hi, wi = np.meshgrid(np.arange(t), np.arange(lh), np.arange(lw), indexing="ij")
+            out[0, j:j + count] = cur + ti.ravel()
+            out[1, j:j + count] = cur + hi.ravel()
+            out[2, j:j + count] = cur + wi.ravel()
+            cur += max(lh, lw)
+            j += count
+            img += 1
+        pos[:, i, valid] = out
+        deltas[i, 0] = (out.max() + 1 if n else 0) - n
+    if img != len(grid):
+        raise ValueError(f"image_grid_thw lists {len(grid)} images but input_ids hold image tokens "
+                         f"for {img}")
+    return pos.astype(np.int32), deltas.astype(np.int32)
+
+
+def vision_segments(image_grid_thw, config: Qwen25VLConfig, num_patches: int | None = None):
+    """Per-patch metadata for the vision tower, in the processor's patch order.
+
+    Returns a dict of int32 arrays of length `num_patches` (default: the grids' total):
+      seg_full: the (image, frame) each patch belongs to (full-attention blocks);
+      seg_win:  the attention window each patch belongs to (windowed blocks);
+      pos_hw:   [N, 2] row and column of the patch in its frame's patch grid (2-D RoPE).
+    Extra padding patches get PAD_SEGMENT in both segment arrays and position (0, 0).
+    """
+    grid = _as_grid(image_grid_thw)
+    vc = config.vision
+    m = vc.spatial_merge_size
+    vmw = vc.window_merged
+    total = int(np.prod(grid, axis=1).sum()) if len(grid) else 0
+    n = total if num_patches is None else int(num_patches)
+    if n < total:
+        raise ValueError(f"num_patches={n} is smaller than the {total} patches of image_grid_thw")
+    seg_full = np.full((n,), PAD_SEGMENT, np.int32)
+    seg_win = np.full((n,), PAD_SEGMENT, np.int32)
+    pos_hw = np.zeros((n, 2), np.int32)
+    off = 0
+    frame_id = 0
+    win_id = 0
+    for t, h, w in grid:
+        t, h, w = int(t), int(h), int(w)
+        if h % m or w % m:
+            raise ValueError(f"image grid {[t, h, w]} is not divisible by spatial_merge_size {m}")
+        lh, lw = h // m, w // m
+        # merged-token coordinates in raster order; 4 patches per token, (mh, mw) inner
+        bh, bw, mh, mw = np.meshgrid(np.arange(lh), np.arange(lw), np.arange(m), np.arange(m),
+                                     indexing="ij")
+        hh = (bh * m + mh).ravel()
+        ww = (bw * m + mw).ravel()
+        nwh, nww = -(-lh // vmw), -(-lw // vmw)
+        win = ((bh // vmw) * nww + (bw // vmw)).ravel()
+        per = h * w
+        for f in range(t):
+            sl = slice(off, off + per)
+            seg_full[sl] = frame_id
+            seg_win[sl] = win_id + win
+            pos_hw[sl, 0] = hh
+            pos_hw[sl, 1] = ww
+            off += per
+            frame_id += 1
+            win_id += nwh * nww
+    return {"seg_full": seg_full, "seg_win": seg_win, "pos_hw": pos_hw}
+
+
+def window_index(image_grid_thw, config: Qwen25VLConfig):
+    """transformers' `get_window_index` (window_index, cu_window_seqlens), for tests and kernels
+    that want contiguous windows."""
+    grid = _as_grid(image_grid_thw)
+    vc = config.vision
+    m, vmw, u = vc.spatial_merge_size, vc.window_merged, vc.merge_unit
+    index, cu = [], [0]
+    offset = 0
+    for t, h, w in grid:
+        lh, lw = int(h) // m, int(w) // m
+        ids = np.arange(int(t) * lh * lw).reshape(int(t), lh, lw)
+        ph, pw = vmw - lh % vmw, vmw - lw % vmw
+        nwh, nww = (lh + ph) // vmw, (lw + pw) // vmw
+        padded = np.pad(ids, ((0, 0), (0, ph), (0, pw)), constant_values=-100)
+        padded = padded.reshape(int(t), nwh, vmw, nww, vmw).transpose(0, 1, 3, 2, 4)
+        padded = padded.reshape(int(t), nwh * nww, vmw, vmw)
+        lens = (padded != -100).sum(axis=(2, 3)).reshape(-1)
+        flat = padded.reshape(-1)
+        index.append(flat[flat != -100] + offset)
+        cu.extend((np.cumsum(lens) * u + cu[-1]).tolist())
+        offset += int(t) * lh * lw
+    cu_arr = np.asarray(cu, np.int64)
+    cu_arr = cu_arr[np.concatenate([[True], np.diff(cu_arr) != 0])]
+    idx = np.concatenate(index) if index else np.zeros((0,), np.int64)
+    return idx, cu_arr

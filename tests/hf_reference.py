@@ -1,0 +1,102 @@
+"""Helpers that drive transformers' torch Qwen2.5-VL as the reference in parity tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+
+
+def hf_config(c: Qwen25VLConfig) -> Qwen2_5_VLConfig:
+    """transformers' nested config with every field given explicitly (class defaults differ)."""
+    d = c.to_hf_dict()
+    t, v = c.text, c.vision
+    text = {k: d[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                              "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                              "max_position_embeddings", "hidden_act", "vocab_size",
+                              "attention_dropout", "use_sliding_window", "max_window_layers",
+                              "bos_token_id", "eos_token_id", "pad_token_id")}
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
+                               "mrope_section": list(t.mrope_section)}
+    vision = {"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size":
+              v.intermediate_size, "num_heads": v.num_heads, "in_channels": v.in_channels,
+              "patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size,
+              "spatial_merge_size": v.spatial_merge_size, "window_size": v.window_size,
+              "fullatt_block_indexes": list(v.fullatt_block_indexes),
+              "out_hidden_size": v.out_hidden_size, "tokens_per_second": v.tokens_per_second,
+              "hidden_act": v.hidden_act}
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=c.tie_word_embeddings,
+        image_token_id=c.image_token_id, video_token_id=c.video_token_id,
+        vision_start_token_id=c.vision_start_token_id, vision_end_token_id=c.vision_end_token_id)
+
+
+def build_hf_model(c: Qwen25VLConfig, seed: int = 0, scale: float = 0.02):
+    """A random transformers model with every parameter perturbed (norms and biases included),
+    so a forgotten or swapped tensor cannot hide behind ones or zeros."""
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(hf_config(c)).eval().to(torch.float32)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        seen = set()
+        for name, p in model.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            noise = torch.randn(p.shape, generator=g) * (0.1 if p.ndim == 1 else scale)
+            p.add_(noise)
+    return model
+
+
+def hf_logits(model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+              position_ids=None, image_token_id=None):
+    """Reference logits; passes mm_token_type_ids so transformers computes M-RoPE positions."""
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    kw = {}
+    if attention_mask is not None:
+        kw["attention_mask"] = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+    if pixel_values is not None:
+        kw["pixel_values"] = torch.as_tensor(np.asarray(pixel_values, np.float32))
+        kw["image_grid_thw"] = torch.as_tensor(np.asarray(image_grid_thw), dtype=torch.long)
+    if position_ids is not None:
+        kw["position_ids"] = torch.as_tensor(np.asarray(position_ids), dtype=torch.long)
+    else:
+        tok = image_token_id if image_token_id is not None else model.config.image_token_id
+        kw["mm_token_type_ids"] = (ids == tok).long()
+    model.model.rope_deltas = None
+    with torch.no_grad():
+        out = model(input_ids=ids, **kw)
+    return out.logits.float().numpy()
+
+
+def flat_hub_config(path) -> None:
+    """Rewrites a saved config.json into the flat hub form the official checkpoints use."""
+    with open(path / "config.json") as f:
+        d = json.load(f)
+    text = d.pop("text_config")
+    rope = text.pop("rope_parameters")
+    for k, v in text.items():
+        if k not in ("model_type", "dtype"):
+            d.setdefault(k, v)
+    d["rope_theta"] = rope["rope_theta"]
+    d["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
+    d["torch_dtype"] = d.pop("dtype", "float32")
+    d["vision_config"]["model_type"] = "qwen2_5_vl"
+    with open(path / "config.json", "w") as f:
+        json.dump(d, f)
+
+
+def random_image_inputs(c: Qwen25VLConfig, grids, seed=0):
+    """Random pixel_values for the given grids (processor layout)."""
+    rng = np.random.default_rng(seed)
+    n = int(sum(np.prod(g) for g in grids))
+    return rng.standard_normal((n, c.vision.patch_dim)).astype(np.float32), np.asarray(grids)
+
+
+def image_tokens(c: Qwen25VLConfig, grid) -> list[int]:
+    n = int(np.prod(grid)) // c.vision.merge_unit
+    return [c.vision_start_token_id] + [c.image_token_id] * n + [c.vision_end_token_id]
