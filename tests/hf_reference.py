@@ -100,3 +100,37 @@ def random_image_inputs(c: Qwen25VLConfig, grids, seed=0):
 def image_tokens(c: Qwen25VLConfig, grid) -> list[int]:
     n = int(np.prod(grid)) // c.vision.merge_unit
     return [c.vision_start_token_id] + [c.image_token_id] * n + [c.vision_end_token_id]
+
+
+# ---------------------------------------------------------------------------- test helpers
+def save_hf_reference(model, path, *, original_format: bool = True, flat: bool = False):
+    """save_pretrained in the legacy hub key layout (default) or transformers-5 in-memory layout
+    (`original_format=False`), optionally rewriting config.json into the flat hub form."""
+    model.save_pretrained(path, save_original_format=original_format)
+    if flat:
+        flat_hub_config(path)
+    return path
+
+
+def safetensors_tensors(path) -> dict[str, torch.Tensor]:
+    """Every tensor of a directory's safetensors files (single or sharded), as torch tensors
+    keyed by their saved name; raises on a key that appears twice."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        for k, v in load_file(str(f)).items():
+            assert k not in out, f"{k} appears in two files"
+            out[k] = v
+    return out
+
+
+def load_hf_model(path, dtype=torch.float32):
+    """transformers' from_pretrained with the loading report; asserts the report is clean."""
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, output_loading_info=True, dtype=dtype)
+    for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        assert not info[k], f"{k}: {info[k]}"
+    return model.eval()

@@ -1,0 +1,36 @@
+"""`guard-jax bench NAME`: side-by-side performance measurements, one sub-benchmark per module.
+
+Each sub-benchmark module defines `add_arguments(parser)` and `main(args) -> int`, like the CLI's
+commands, and imports its heavy dependencies (jax, torch, transformers) inside `main` only, so
+building the CLI parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# name -> (module, help). Later: data, sft, rollout, reward.
+BENCHES = {
+    "model": ("guard_jax.bench.model_bench",
+              "Qwen2.5-VL train step: ours (JAX) vs transformers+torch, 7B compile time, MFU"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    for name, (module, help_text) in BENCHES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_bench_module=module)
+
+
+def main(args: argparse.Namespace) -> int:
+    module = getattr(args, "_bench_module", None)
+    if module is None:
+        print("guard-jax bench: name a benchmark: " + ", ".join(BENCHES))
+        return 2
+    return int(importlib.import_module(module).main(args) or 0)
+
+
+__all__ = ["BENCHES", "add_arguments", "main"]

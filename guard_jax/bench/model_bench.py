@@ -1,0 +1,627 @@
+"""`guard-jax bench model`: Qwen2.5-VL training-step performance, side by side.
+
+(a) forward+backward step time of ours (jit of value_and_grad over the NNX state) against
+    transformers+torch on the same config and inputs (pixel_values, image_grid_thw,
+    mm_token_type_ids), steady state: compile/warm up once, then the median of --steps runs;
+(b) lowering and compile time of a full train step (forward + backward + optax AdamW) of the real
+    7B config from abstract shapes only (nothing allocated);
+(c) with --mfu on a GPU/TPU: the 3B config at 4096 tokens in bf16, step time, tokens/s and MFU.
+
+Heavy imports (jax, flax, optax, torch, transformers) happen inside the functions, so importing
+this module to build the CLI parser is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from guard_jax.bench import flops as flops_lib
+from guard_jax.models.qwen2_5_vl.config import (
+    PRESETS, Qwen25VLConfig, REMAT_POLICIES, TextConfig, VisionConfig)
+
+CONFIG_SIZES = ("small", "3b", "7b", "tiny")
+FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "seg_full",
+                "seg_win", "pos_hw")
+
+
+# ---------------------------------------------------------------------------- arguments
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--config-size", choices=CONFIG_SIZES, default="small",
+      help="model for (a): 'small' (text 512 x 4 layers, vision 256 x 4 blocks, full vocab; "
+           "the default), the real 3b/7b, or the tiny parity config")
+    a("--seq-len", type=int, default=512, help="tokens per sequence, image tokens included (512)")
+    a("--image-size", type=int, default=448,
+      help="side in pixels of the one square image per sequence; a multiple of 28 "
+           "(448 -> grid 1x32x32 = 1024 patches = 256 tokens); 0 for text only")
+    a("--batch", type=int, default=1, help="sequences per step (1)")
+    a("--steps", type=int, default=5, help="timed steps after one warm-up step; the median "
+                                            "is reported (5)")
+    a("--dtype", choices=("float32", "bfloat16"), default="float32",
+      help="param and compute dtype for (a), both sides (float32)")
+    a("--remat", choices=REMAT_POLICIES, default="none", help="our remat policy for (a) (none)")
+    a("--threads", type=int, default=0,
+      help="torch intra-op threads (default: the CPU cores this process may use)")
+    a("--skip-torch", action="store_true", help="do not run the transformers+torch side of (a)")
+    a("--skip-ours", action="store_true", help="do not run our side of (a)")
+    a("--breakdown", action="store_true",
+      help="also time the pieces of our step (vision tower, decoder, lm head + loss), each "
+           "forward+backward, and an XLA cost analysis of the step")
+    a("--skip-compile", action="store_true", help="skip (b), the 7B abstract compile")
+    a("--compile-config", choices=("7b", "3b", "small", "tiny"), default="7b",
+      help="config for (b) (7b)")
+    a("--compile-seq-len", type=int, default=4096, help="tokens per sequence for (b) (4096)")
+    a("--compile-image-size", type=int, default=448,
+      help="image side for (b) (448 -> 1024 patches)")
+    a("--compile-remat", choices=REMAT_POLICIES, default="full", help="remat for (b) (full)")
+    a("--mfu", action="store_true",
+      help="on a GPU/TPU: run the 3B config in bf16 on one device and print MFU and tokens/s")
+    a("--mfu-seq-len", type=int, default=4096, help="tokens per sequence for --mfu (4096)")
+    a("--mfu-steps", type=int, default=10, help="timed steps for --mfu (10)")
+    a("--mfu-remat", choices=REMAT_POLICIES, default="none", help="remat for --mfu (none)")
+    a("--mfu-config", choices=("3b", "7b", "small", "tiny"), default="3b",
+      help="config for --mfu (3b)")
+    a("--json", metavar="PATH", help="also write every number to this JSON file")
+
+
+# ---------------------------------------------------------------------------- configs / inputs
+def small_config(**overrides) -> Qwen25VLConfig:
+    """The side-by-side config: a real vocabulary and the real layer types, few and narrow."""
+    return Qwen25VLConfig(
+        text=TextConfig(vocab_size=151936, hidden_size=512, intermediate_size=1536,
+                        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                        mrope_section=(8, 12, 12)),
+        vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=512, num_heads=4,
+                            fullatt_block_indexes=(1, 3), window_size=112, out_hidden_size=512),
+        tie_word_embeddings=True,
+        **overrides,
+    )
+
+
+def make_config(size: str, dtype: str = "float32", remat: str = "none",
+                attention_impl: str = "auto") -> Qwen25VLConfig:
+    kw = dict(param_dtype=dtype, dtype=dtype, remat=remat, attention_impl=attention_impl)
+    if size == "small":
+        return small_config(**kw)
+    return PRESETS[size](**kw)
+
+
+def describe(c: Qwen25VLConfig) -> str:
+    t, v = c.text, c.vision
+    return (f"text {t.hidden_size}x{t.num_hidden_layers}L {t.num_attention_heads}/"
+            f"{t.num_key_value_heads}h mlp {t.intermediate_size} vocab {t.vocab_size}; vision "
+            f"{v.hidden_size}x{v.depth}L {v.num_heads}h mlp {v.intermediate_size}")
+
+
+def image_grid(c: Qwen25VLConfig, image_size: int) -> list[int] | None:
+    if not image_size:
+        return None
+    unit = c.vision.patch_size * c.vision.spatial_merge_size
+    if image_size % unit:
+        raise ValueError(f"--image-size {image_size} must be a multiple of {unit}")
+    g = image_size // c.vision.patch_size
+    return [1, g, g]
+
+
+def make_inputs(c: Qwen25VLConfig, seq_len: int, image_size: int, batch: int = 1,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Random token ids with one image per sequence: text, <vision_start>, image tokens,
+    <vision_end>, text. Returns input_ids [B, L], attention_mask, and pixel_values
+    [N, patch_dim] + image_grid_thw [B, 3] when image_size > 0."""
+    rng = np.random.default_rng(seed)
+    specials = (c.image_token_id, c.video_token_id, c.vision_start_token_id,
+                c.vision_end_token_id, c.vision_token_id)
+    high = min(min(specials), c.text.vocab_size)
+    ids = rng.integers(0, high, (batch, seq_len)).astype(np.int64)
+    out = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    grid = image_grid(c, image_size)
+    if grid is not None:
+        n_tok = grid[0] * grid[1] * grid[2] // c.vision.merge_unit
+        if seq_len < n_tok + 4:
+            raise ValueError(f"--seq-len {seq_len} is too short for a {image_size}px image "
+                             f"({n_tok} image tokens + 4)")
+        ids[:, 1] = c.vision_start_token_id
+        ids[:, 2:2 + n_tok] = c.image_token_id
+        ids[:, 2 + n_tok] = c.vision_end_token_id
+        n_patch = batch * grid[0] * grid[1] * grid[2]
+        out["pixel_values"] = rng.standard_normal((n_patch, c.vision.patch_dim)).astype(np.float32)
+        out["image_grid_thw"] = np.asarray([grid] * batch, np.int64)
+    return out
+
+
+def grids_of(inputs) -> list[list[int]]:
+    g = inputs.get("image_grid_thw")
+    return [] if g is None else [list(map(int, row)) for row in g]
+
+
+# ---------------------------------------------------------------------------- small helpers
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def progress(msg: str):
+    """Prints `msg ...` to stderr; on a terminal, ticks the elapsed seconds while it runs."""
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+    stop = threading.Event()
+    print(f"  {msg} ...", end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    def tick():
+        while not stop.wait(1.0):
+            print(f"\r  {msg} ... {time.perf_counter() - start:.0f} s", end="",
+                  file=sys.stderr, flush=True)
+
+    th = threading.Thread(target=tick, daemon=True) if tty else None
+    if th:
+        th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if th:
+            th.join()
+        el = time.perf_counter() - start
+        print(f"\r  {msg} ... done in {el:.1f} s" if tty else f"  {msg}: done in {el:.1f} s",
+              file=sys.stderr, flush=True)
+
+
+def summarize(times: list[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "times_s": times}
+
+
+# ---------------------------------------------------------------------------- ours (JAX)
+def token_cross_entropy(logits, input_ids, attention_mask):
+    """Mean next-token cross-entropy (float32) of logits [B, L, V] against input_ids shifted by
+    one, as transformers' ForCausalLMLoss with labels=input_ids: the last position has no
+    target, and positions whose target is padding are left out."""
+    import jax
+    import jax.numpy as jnp
+    b = input_ids.shape[0]
+    labels = jnp.concatenate([input_ids[:, 1:], jnp.zeros((b, 1), input_ids.dtype)], axis=1)
+    w = jnp.concatenate([attention_mask[:, 1:], jnp.zeros((b, 1), attention_mask.dtype)],
+                        axis=1).astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    tgt = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return jnp.sum((lse - tgt) * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def make_loss_fn(graphdef):
+    from flax import nnx
+
+    def loss_fn(params, batch):
+        model = nnx.merge(graphdef, params)
+        logits = model.forward(**{k: batch[k] for k in FORWARD_KEYS if k in batch})
+        return token_cross_entropy(logits, batch["input_ids"], batch["attention_mask"])
+    return loss_fn
+
+
+def make_train_step(graphdef, tx):
+    """(params, opt_state, batch) -> (params, opt_state, loss): forward, backward, AdamW."""
+    import jax
+    import optax
+    loss_fn = make_loss_fn(graphdef)
+
+    def train_step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return train_step
+
+
+def device_batch(c: Qwen25VLConfig, inputs: dict[str, np.ndarray]):
+    """Our host-side preparation (M-RoPE positions, vision segments) + transfer to device."""
+    import jax
+    from guard_jax.models.qwen2_5_vl.model import abstract_model
+    t0 = time.perf_counter()
+    batch = abstract_model(c).prepare_inputs(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"],
+        pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"))
+    prep = time.perf_counter() - t0
+    return jax.device_put(batch), prep
+
+
+def run_ours(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> dict[str, Any]:
+    """Forward+backward (grads w.r.t. every parameter) of our model, steady state."""
+    import jax
+    from flax import nnx
+    from guard_jax.models.qwen2_5_vl.model import init_model
+
+    with progress("ours: initialising parameters"):
+        graphdef, params = nnx.split(init_model(c, seed))
+        jax.block_until_ready(params)
+    batch, prep_s = device_batch(c, inputs)
+    step = jax.jit(jax.value_and_grad(make_loss_fn(graphdef)))
+    with progress("ours: compiling forward+backward"):
+        t0 = time.perf_counter()
+        compiled = step.lower(params, batch).compile()
+        compile_s = time.perf_counter() - t0
+    with progress(f"ours: 1 warm-up + {steps} timed steps"):
+        loss, grads = compiled(params, batch)
+        jax.block_until_ready((loss, grads))
+        del grads
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss, grads = compiled(params, batch)
+            jax.block_until_ready((loss, grads))
+            times.append(time.perf_counter() - t0)
+            del grads
+    out = {"compile_s": compile_s, "host_prepare_s": prep_s, "loss": float(loss),
+           **summarize(times)}
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if cost and "flops" in cost:
+            out["xla_flops"] = float(cost["flops"])
+    except Exception:  # pragma: no cover - backend without cost analysis
+        pass
+    return out
+
+
+def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> dict[str, Any]:
+    """Forward+backward time of the pieces of our step, each jitted on its own: the vision
+    tower (features . random), the decoder (hidden . random, on fixed embeddings) and the
+    lm head + loss (on fixed hidden states)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from guard_jax.models.qwen2_5_vl.model import init_model
+
+    graphdef, params = nnx.split(init_model(c, seed))
+    batch, _ = device_batch(c, inputs)
+    model = nnx.merge(graphdef, params)
+    dtype = jnp.dtype(c.dtype)
+    key = jax.random.key(1)
+    res = {}
+
+    def timed(name, fn, *args):
+        g = jax.jit(jax.value_and_grad(fn))
+        out = g(*args)
+        jax.block_until_ready(out)
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(g(*args))
+            ts.append(time.perf_counter() - t0)
+        res[name] = statistics.median(ts)
+
+    with progress("ours: timing the pieces (vision, decoder, lm head + loss)"):
+        if "pixel_values" in batch:
+            n_tok = batch["pixel_values"].shape[0] // c.vision.merge_unit
+            r_v = jax.random.normal(key, (n_tok, c.vision.out_hidden_size), dtype)
+
+            def vision(p):
+                m = nnx.merge(graphdef, p)
+                f = m.visual(batch["pixel_values"], batch["seg_full"], batch["seg_win"],
+                             batch["pos_hw"])
+                return jnp.sum(f.astype(jnp.float32) * r_v)
+            timed("vision_fwd_bwd_s", vision, params)
+
+        x = model.embed(batch["input_ids"], batch.get("pixel_values"), batch.get("seg_full"),
+                        batch.get("seg_win"), batch.get("pos_hw"))
+        r_h = jax.random.normal(key, x.shape, dtype)
+
+        def decoder(p, x):
+            m = nnx.merge(graphdef, p)
+            h = m.text.decoder(x, batch["position_ids"], batch["attention_mask"])
+            return jnp.sum(h.astype(jnp.float32) * r_h)
+        timed("decoder_fwd_bwd_s", decoder, params, x)
+
+        h = model.text.decoder(x, batch["position_ids"], batch["attention_mask"])
+
+        def head(p, h):
+            m = nnx.merge(graphdef, p)
+            return token_cross_entropy(m.text.logits(h), batch["input_ids"],
+                                       batch["attention_mask"])
+        timed("lm_head_loss_fwd_bwd_s", head, params, h)
+    return res
+
+
+# ---------------------------------------------------------------------------- transformers+torch
+def hf_config(c: Qwen25VLConfig):
+    """transformers' nested config with every field explicit (tests/hf_reference.hf_config)."""
+    from transformers import Qwen2_5_VLConfig
+    d = c.to_hf_dict()
+    t, v = c.text, c.vision
+    text = {k: d[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                              "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                              "max_position_embeddings", "hidden_act", "vocab_size",
+                              "attention_dropout", "use_sliding_window", "max_window_layers",
+                              "bos_token_id", "eos_token_id", "pad_token_id")}
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
+                               "mrope_section": list(t.mrope_section)}
+    vision = {"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size":
+              v.intermediate_size, "num_heads": v.num_heads, "in_channels": v.in_channels,
+              "patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size,
+              "spatial_merge_size": v.spatial_merge_size, "window_size": v.window_size,
+              "fullatt_block_indexes": list(v.fullatt_block_indexes),
+              "out_hidden_size": v.out_hidden_size, "tokens_per_second": v.tokens_per_second,
+              "hidden_act": v.hidden_act}
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=c.tie_word_embeddings,
+        image_token_id=c.image_token_id, video_token_id=c.video_token_id,
+        vision_start_token_id=c.vision_start_token_id, vision_end_token_id=c.vision_end_token_id)
+
+
+def run_torch(c: Qwen25VLConfig, inputs, steps: int, threads: int, seed: int = 0):
+    """transformers' Qwen2_5_VLForConditionalGeneration: loss(labels=input_ids).backward()."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(threads)
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c.param_dtype]
+    with progress("torch: building the transformers model"):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(hf_config(c)).to(tdtype).train()
+    ids = torch.as_tensor(inputs["input_ids"], dtype=torch.long)
+    kw = {"input_ids": ids, "labels": ids,
+          "attention_mask": torch.as_tensor(inputs["attention_mask"], dtype=torch.long),
+          "use_cache": False}
+    if "pixel_values" in inputs:
+        kw["pixel_values"] = torch.as_tensor(inputs["pixel_values"]).to(tdtype)
+        kw["image_grid_thw"] = torch.as_tensor(inputs["image_grid_thw"], dtype=torch.long)
+        kw["mm_token_type_ids"] = (ids == c.image_token_id).long()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model.model.rope_deltas = None
+        out = model(**kw)
+        out.loss.backward()
+        return float(out.loss.detach())
+
+    with progress(f"torch: 1 warm-up + {steps} timed steps ({threads} threads)"):
+        loss = step()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss = step()
+            times.append(time.perf_counter() - t0)
+    return {"loss": loss, "threads": threads,
+            "attn_implementation": str(model.config._attn_implementation),
+            "torch_version": torch.__version__, **summarize(times)}
+
+
+# ---------------------------------------------------------------------------- (b) abstract compile
+def abstract_batch(c: Qwen25VLConfig, seq_len: int, image_size: int, batch: int = 1):
+    import jax
+    from guard_jax.models.qwen2_5_vl.model import abstract_model
+    inputs = make_inputs(c, seq_len, image_size, batch)
+    prepared = abstract_model(c).prepare_inputs(
+        inputs["input_ids"], attention_mask=inputs["attention_mask"],
+        pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), prepared)
+
+
+def compile_train_step(c: Qwen25VLConfig, seq_len: int, image_size: int,
+                       batch: int = 1) -> dict[str, Any]:
+    """Lower and compile forward+backward+AdamW from abstract shapes; nothing is allocated."""
+    import jax
+    import optax
+    from flax import nnx
+    from guard_jax.models.qwen2_5_vl.model import abstract_model
+    from guard_jax.models.qwen2_5_vl.params import count_params
+
+    graphdef, params = nnx.split(abstract_model(c))
+    tx = optax.adamw(1e-5, weight_decay=0.0)
+    opt_state = jax.eval_shape(tx.init, params)
+    abatch = abstract_batch(c, seq_len, image_size, batch)
+    step = jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
+    n_patch = abatch["pixel_values"].shape[0] if "pixel_values" in abatch else 0
+    with progress("compile: lowering the train step"):
+        t0 = time.perf_counter()
+        lowered = step.lower(params, opt_state, abatch)
+        lower_s = time.perf_counter() - t0
+    with progress(f"compile: compiling the train step for {jax.default_backend()} "
+                  "(target < 60 s)"):
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - t0
+    out = {"lower_s": lower_s, "compile_s": compile_s, "total_s": lower_s + compile_s,
+           "params": count_params(c)["total"], "seq_len": seq_len, "batch": batch,
+           "patches": n_patch, "remat": c.remat, "param_dtype": c.param_dtype,
+           "backend": jax.default_backend()}
+    try:
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            out["argument_bytes"] = int(mem.argument_size_in_bytes)
+            out["temp_bytes"] = int(mem.temp_size_in_bytes)
+    except Exception:  # pragma: no cover
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------- (c) MFU
+def run_mfu(c: Qwen25VLConfig, seq_len: int, image_size: int, steps: int,
+            seed: int = 0) -> dict[str, Any]:
+    """A full train step (forward + backward + AdamW) on one device; MFU and tokens/s."""
+    import jax
+    import optax
+    from flax import nnx
+    from guard_jax.models.qwen2_5_vl.model import init_model
+
+    dev = jax.devices()[0]
+    kind = dev.device_kind
+    peak = flops_lib.peak_flops(kind)
+    inputs = make_inputs(c, seq_len, image_size, 1, seed)
+    with progress(f"mfu: initialising {c.param_dtype} parameters on {kind}"):
+        graphdef, params = nnx.split(init_model(c, seed))
+        tx = optax.adamw(1e-5, weight_decay=0.0)
+        opt_state = jax.jit(tx.init)(params)
+        jax.block_until_ready(opt_state)
+    batch, _ = device_batch(c, inputs)
+    step = jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
+    with progress("mfu: compiling the train step"):
+        t0 = time.perf_counter()
+        compiled = step.lower(params, opt_state, batch).compile()
+        compile_s = time.perf_counter() - t0
+    with progress(f"mfu: 2 warm-up + {steps} timed steps"):
+        for _ in range(2):
+            params, opt_state, loss = compiled(params, opt_state, batch)
+        jax.block_until_ready(loss)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            params, opt_state, loss = compiled(params, opt_state, batch)
+            jax.block_until_ready((params, opt_state, loss))
+            times.append(time.perf_counter() - t0)
+    s = summarize(times)
+    fl = flops_lib.train_step_flops(c, seq_len, 1, grids_of(inputs))
+    out = {"device_kind": kind, "peak_flops": peak, "seq_len": seq_len,
+           "image_tokens": int((inputs["input_ids"] == c.image_token_id).sum()),
+           "remat": c.remat, "compile_s": compile_s, "loss": float(loss),
+           "model_flops_per_step": fl["train_step"], "flops": fl,
+           "tokens_per_s": seq_len / s["median_s"], **s}
+    out["mfu"] = flops_lib.mfu(fl["train_step"], s["median_s"], peak) if peak else None
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+def _fmt_s(x):
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    cols = list(zip(header, *rows))
+    widths = [max(len(str(v)) for v in col) for col in cols]
+    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def report(res: dict[str, Any]) -> str:
+    out = []
+    a = res.get("step")
+    if a is not None:
+        out.append(f"(a) forward+backward step, {a['config_size']} config ({a['config']}), "
+                   f"batch {a['batch']} x {a['seq_len']} tokens ({a['image_tokens']} image tokens,"
+                   f" {a['patches']} patches), {a['dtype']}, {a['backend']}")
+        ours, torch_ = a.get("ours"), a.get("torch")
+        rows = [
+            ("median step", _fmt_s(ours and ours["median_s"]), _fmt_s(torch_ and torch_["median_s"])),
+            ("min / max", f"{_fmt_s(ours['min_s'])} / {_fmt_s(ours['max_s'])}" if ours else "-",
+             f"{_fmt_s(torch_['min_s'])} / {_fmt_s(torch_['max_s'])}" if torch_ else "-"),
+            ("compile (once)", _fmt_s(ours and ours["compile_s"]), "-"),
+            ("loss", f"{ours['loss']:.4f}" if ours else "-",
+             f"{torch_['loss']:.4f}" if torch_ else "-"),
+        ]
+        out.append(_table(rows, ("", "ours (jax.jit)", "transformers+torch")))
+        if ours and torch_:
+            verdict = "meets" if a["ratio"] <= 0.8 else "MISSES"
+            out.append(f"ratio ours/torch: {a['ratio']:.2f}x ({verdict} the <= 0.80x target); "
+                       f"torch {torch_['torch_version']} {torch_['threads']} threads, attention "
+                       f"'{torch_['attn_implementation']}'; steps timed: {len(ours['times_s'])}")
+        if ours:
+            mf = a["model_flops"]
+            out.append(f"model FLOPs/step {mf / 1e9:.1f} G -> ours {mf / ours['median_s'] / 1e9:.1f}"
+                       f" GFLOP/s" + (f", torch {mf / torch_['median_s'] / 1e9:.1f} GFLOP/s"
+                                      if torch_ else ""))
+        bd = a.get("breakdown")
+        if bd:
+            rows = [(k.replace("_fwd_bwd_s", "").replace("_", " "), _fmt_s(v)) for k, v in bd.items()]
+            out.append("our pieces, forward+backward each:\n" + _table(rows, ("piece", "median")))
+        out.append("")
+    b = res.get("compile")
+    if b is not None:
+        out.append(f"(b) train step (forward+backward+AdamW) compile from abstract shapes: "
+                   f"{b['config_size']} ({b['params'] / 1e9:.2f} B params, {b['param_dtype']}, "
+                   f"remat {b['remat']}), batch {b['batch']} x {b['seq_len']} tokens, "
+                   f"{b['patches']} patches, backend {b['backend']}")
+        rows = [("lower", _fmt_s(b["lower_s"])), ("compile", _fmt_s(b["compile_s"])),
+                ("total", _fmt_s(b["total_s"]))]
+        if "temp_bytes" in b:
+            rows.append(("temp memory (XLA)", f"{b['temp_bytes'] / 2**30:.1f} GiB"))
+        out.append(_table(rows, ("", "time")))
+        verdict = "meets" if b["compile_s"] < 60 else "MISSES"
+        out.append(f"compile {verdict} the < 60 s target")
+        out.append("")
+    c = res.get("mfu")
+    if c is not None:
+        if "skipped" in c:
+            out.append(f"(c) MFU: skipped ({c['skipped']})")
+        else:
+            out.append(f"(c) MFU, {c['config_size']} config, bf16, 1 x {c['seq_len']} tokens "
+                       f"({c['image_tokens']} image tokens), remat {c['remat']}, on {c['device_kind']}")
+            rows = [("median train step", _fmt_s(c["median_s"])),
+                    ("tokens/s", f"{c['tokens_per_s']:.0f}"),
+                    ("model FLOPs/step", f"{c['model_flops_per_step'] / 1e12:.2f} T"),
+                    ("peak", f"{c['peak_flops'] / 1e12:.0f} T/s" if c["peak_flops"] else "unknown"),
+                    ("MFU", f"{100 * c['mfu']:.1f} %" if c["mfu"] is not None else "-"),
+                    ("compile", _fmt_s(c["compile_s"]))]
+            out.append(_table(rows, ("", "value")))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------- main
+def main(args: argparse.Namespace) -> int:
+    import jax
+
+    res: dict[str, Any] = {"jax_version": jax.__version__, "backend": jax.default_backend(),
+                           "devices": [d.device_kind for d in jax.devices()][:1],
+                           "cpu_cores": cpu_cores(), "python": platform.python_version()}
+    threads = args.threads or cpu_cores()
+
+    if not (args.skip_ours and args.skip_torch):
+        c = make_config(args.config_size, args.dtype, args.remat)
+        inputs = make_inputs(c, args.seq_len, args.image_size, args.batch)
+        grids = grids_of(inputs)
+        a: dict[str, Any] = {
+            "config_size": args.config_size, "config": describe(c), "batch": args.batch,
+            "seq_len": args.seq_len, "dtype": args.dtype, "remat": args.remat,
+            "backend": jax.default_backend(),
+            "image_tokens": int((inputs["input_ids"] == c.image_token_id).sum()),
+            "patches": int(sum(t * h * w for t, h, w in grids)),
+            "model_flops": flops_lib.train_step_flops(c, args.seq_len, args.batch,
+                                                      grids)["train_step"]}
+        print(f"(a) {args.config_size} config: {a['config']}", file=sys.stderr)
+        if not args.skip_ours:
+            a["ours"] = run_ours(c, inputs, args.steps)
+            if args.breakdown:
+                a["breakdown"] = run_ours_breakdown(c, inputs, args.steps)
+        if not args.skip_torch:
+            a["torch"] = run_torch(c, inputs, args.steps, threads)
+        if a.get("ours") and a.get("torch"):
+            a["ratio"] = a["ours"]["median_s"] / a["torch"]["median_s"]
+        res["step"] = a
+
+    if not args.skip_compile:
+        c = make_config(args.compile_config, "bfloat16", args.compile_remat)
+        print(f"(b) {args.compile_config} config: {describe(c)}", file=sys.stderr)
+        res["compile"] = {"config_size": args.compile_config,
+                          **compile_train_step(c, args.compile_seq_len,
+                                               args.compile_image_size)}
+
+    if args.mfu:
+        if jax.default_backend() not in ("gpu", "tpu"):
+            res["mfu"] = {"skipped": f"no GPU/TPU (backend {jax.default_backend()})"}
+        else:
+            c = make_config(args.mfu_config, "bfloat16", args.mfu_remat)
+            print(f"(c) {args.mfu_config} config: {describe(c)}", file=sys.stderr)
+            res["mfu"] = {"config_size": args.mfu_config,
+                          **run_mfu(c, args.mfu_seq_len, args.image_size, args.mfu_steps)}
+
+    print(report(res), end="")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,48 @@
+"""The `guard-jax` command line: one subcommand per job, each in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, help). Each module defines `add_arguments(parser)` and `main(args) -> int`.
+COMMANDS = {
+    "demo": ("guard_jax.demo", "the main job on its tiny embedded default, end to end on the CPU"),
+    "bench": ("guard_jax.bench", "side-by-side performance ratios against a named peer"),
+}
+
+
+def _setup_runtime() -> None:
+    # google/grain#1355: grain's worker processes read absl flags, which nothing parses here.
+    try:
+        from absl import flags
+        flags.FLAGS.mark_as_parsed()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guard-jax",
+        description="JAX training stack for multimodal safety guard models (Qwen2.5-VL).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_runtime()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
