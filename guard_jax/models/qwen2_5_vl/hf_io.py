@@ -103,20 +103,29 @@ def _set_layer(buf, x, i):
 _set_layer_donated = jax.jit(_set_layer, donate_argnums=0)
 
 
-def load_hf(path, *, dtype: str = "bfloat16", mesh=None, compute_dtype: str | None = None,
-            progress: bool = True, **config_overrides) -> Qwen25VL:
-    """Reads an HF Qwen2.5-VL directory into a guard_jax model (parameters in `dtype`)."""
-    if mesh is not None:
-        raise NotImplementedError("load_hf(mesh=...): sharded loading is not implemented yet; "
-                                  "load without a mesh")
+def load_hf(path, *, dtype: str = "bfloat16", mesh=None, rules=None,
+            compute_dtype: str | None = None, progress: bool = True,
+            **config_overrides) -> Qwen25VL:
+    """Reads an HF Qwen2.5-VL directory into a guard_jax model (parameters in `dtype`).
+
+    With a `mesh`, every tensor goes straight into its shards (`rules`: logical-axis rules,
+    default guard_jax.sharding.TRAIN_RULES) and each process reads only the slices it owns.
+    """
     path = Path(path)
     config = Qwen25VLConfig.from_pretrained(
         path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
     index = _TensorIndex(path)
-    model = abstract_model(config)
-    variables = _variables(model)
     maps = key_maps(config)
     _check_keys(index, maps, config, path)
+    if mesh is not None:
+        from guard_jax.models.qwen2_5_vl.placement import load_sharded
+        from guard_jax.sharding import TRAIN_RULES
+        model = load_sharded(path, index, config, mesh, rules=rules or TRAIN_RULES,
+                             progress=progress)
+        model.hf_source = str(path)
+        return model
+    model = abstract_model(config)
+    variables = _variables(model)
     target = _np_dtype(dtype)
     for km in tqdm(maps, desc=f"loading {path.name}", disable=not progress, unit="param"):
         var = variables[km.ours]

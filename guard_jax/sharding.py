@@ -1,0 +1,197 @@
+"""Device mesh and logical-axis sharding rules.
+
+Every parameter carries logical axis names (see `models/qwen2_5_vl/params.py`); one rules table
+maps them to the mesh axes `('data', 'fsdp', 'tensor')`. A second table serves sampling: it
+drops FSDP from the weights so a decode step needs no weight all-gather. Activations are
+constrained with the same tables through `shard_activation`, which is a no-op unless a step is
+traced inside `use_rules(mesh, rules)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+MeshAxes = str | tuple[str, ...] | None
+
+TRAIN_RULES: dict[str, MeshAxes] = {
+    # activations
+    "act_batch": ("data", "fsdp"),
+    "act_length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+    "act_patches": None,
+    # parameters
+    "layers": None,
+    "embed": "fsdp",
+    "vision_embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "vision_heads": "tensor",
+    "mlp": "tensor",
+    "vision_mlp": "tensor",
+    "vocab": "tensor",
+    "head_dim": None,
+    "vision_patch_in": None,
+    "merger_in": None,
+    # KV cache (sampling)
+    "cache_batch": ("data", "fsdp"),
+    "cache_length": None,
+    "cache_kv_heads": "tensor",
+    "cache_head_dim": None,
+}
+
+# Sampling: weights replicated over data x fsdp, split over tensor only.
+SAMPLE_RULES: dict[str, MeshAxes] = {**TRAIN_RULES, "embed": None, "vision_embed": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    def resolve(self, n_devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sum(s == -1 for s in sizes) > 1:
+            raise ValueError(f"mesh {sizes}: at most one axis may be -1 (= the rest)")
+        if any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"mesh {sizes}: sizes must be positive or -1")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes and n_devices % known:
+            raise ValueError(f"mesh data={self.data} fsdp={self.fsdp} tensor={self.tensor} does "
+                             f"not divide the {n_devices} devices")
+        if known > n_devices:
+            raise ValueError(f"mesh data={self.data} fsdp={self.fsdp} tensor={self.tensor} needs "
+                             f"{known} devices but {n_devices} are available")
+        # Fully explicit sizes may use a subset of the devices (the first ones).
+        return tuple(n_devices // known if s == -1 else s for s in sizes)
+
+
+def make_mesh(config: MeshConfig | Mapping | Sequence | None = None, devices=None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh; `-1` in one axis takes the remaining devices."""
+    if config is None:
+        config = MeshConfig()
+    elif isinstance(config, Mapping):
+        unknown = set(config) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid: {MESH_AXES}")
+        config = MeshConfig(**config)
+    elif not isinstance(config, MeshConfig):
+        config = MeshConfig(*config)
+    devices = list(jax.devices() if devices is None else devices)
+    shape = config.resolve(len(devices))
+    devices = devices[:math.prod(shape)]
+    # Auto axes: GSPMD propagates shardings between the explicit in/out shardings of a step.
+    return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                         axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _as_tuple(a: MeshAxes) -> tuple[str, ...]:
+    if a is None:
+        return ()
+    return (a,) if isinstance(a, str) else tuple(a)
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Mapping[str, MeshAxes],
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None,
+                    name: str = "array", strict: bool = True) -> P:
+    """Logical axis names -> PartitionSpec; checks axes used twice and divisibility.
+
+    With strict=False a dimension that does not divide is replicated instead (activations,
+    e.g. a batch of 1 during sampling)."""
+    out, used = [], {}
+    for i, a in enumerate(axes):
+        if a is None:
+            out.append(None)
+            continue
+        if a not in rules:
+            raise KeyError(f"{name}: logical axis {a!r} has no sharding rule; known: "
+                           f"{sorted(rules)}")
+        for m in _as_tuple(rules[a]):  # checked on the rules, whatever the mesh sizes
+            if m in used:
+                raise ValueError(f"{name}: mesh axis {m!r} used twice (for {used[m]!r} and {a!r}); "
+                                 "fix the rules table")
+            if m not in MESH_AXES:
+                raise ValueError(f"{name}: rule for {a!r} names mesh axis {m!r}; valid: {MESH_AXES}")
+            used[m] = a
+        mesh_axes = tuple(m for m in _as_tuple(rules[a])
+                          if mesh is None or mesh.shape.get(m, 1) > 1)
+        if shape is not None and mesh is not None and mesh_axes:
+            n = math.prod(mesh.shape[m] for m in mesh_axes)
+            if shape[i] % n:
+                if strict:
+                    raise ValueError(_divisibility_message(name, a, shape[i], mesh_axes, n))
+                mesh_axes = ()
+        out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    while out and out[-1] is None:
+        out.pop()
+    return P(*out)
+
+
+def _divisibility_message(name, axis, size, mesh_axes, n) -> str:
+    msg = (f"{name}: dimension {axis!r} of size {size} does not split over mesh axes "
+           f"{'x'.join(mesh_axes)} = {n}")
+    if axis == "kv_heads":
+        msg += (f". More tensor shards than KV heads ({size}): use mesh.tensor <= {size} (a "
+                "divisor of it) and put the remaining devices on fsdp or data")
+    elif axis in ("heads", "vision_heads"):
+        msg += f". Choose mesh.tensor as a divisor of the head count {size}"
+    else:
+        msg += ". Choose mesh sizes that divide it"
+    return msg
+
+
+def param_shardings(state, mesh: Mesh, rules: Mapping[str, MeshAxes] = TRAIN_RULES):
+    """NamedShardings for an nnx State of Params (or abstract ones), from their logical_axes."""
+    def one(path, var):
+        axes = var.get_metadata().get("logical_axes")
+        value = var.get_value()
+        if axes is None:
+            spec = P()
+        else:
+            spec = logical_to_spec(axes, rules, value.shape, mesh,
+                                   name=".".join(str(p) for p in path))
+        return var.replace(NamedSharding(mesh, spec))
+
+    from flax import nnx
+    return nnx.map_state(one, state)
+
+
+# ------------------------------------------------------------------ activation constraints
+_RULES: contextvars.ContextVar = contextvars.ContextVar("guard_jax_rules", default=None)
+
+
+@contextlib.contextmanager
+def use_rules(mesh: Mesh, rules: Mapping[str, MeshAxes] = TRAIN_RULES):
+    """Activations traced inside get sharding constraints from `rules` on `mesh`."""
+    token = _RULES.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _RULES.reset(token)
+
+
+def shard_activation(x, axes: Sequence[str | None]):
+    ctx = _RULES.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    spec = logical_to_spec(axes, rules, x.shape, mesh, strict=False)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def current_mesh() -> Mesh | None:
+    ctx = _RULES.get()
+    return None if ctx is None else ctx[0]
