@@ -19,6 +19,9 @@ from guard_jax.models.qwen2_5_vl import positions as pos_lib
 from guard_jax.models.qwen2_5_vl.attention import dot_product_attention
 from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from guard_jax.models.qwen2_5_vl.params import ParamSpec, text_specs, vision_specs
+from guard_jax.sharding import shard_activation
+
+ACT_BLE = ("act_batch", "act_length", "act_embed")
 
 VISION_NORM_EPS = 1e-6  # hard-coded in transformers' vision tower, not read from the config
 
@@ -168,29 +171,37 @@ class TextModel(nnx.Module):
         impl = self.config.attention_impl
         eps = tc.rms_norm_eps
 
+        heads = ("act_batch", "act_length", "act_heads", None)
+        kv_heads = ("act_batch", "act_length", "act_kv_heads", None)
+
         def layer(x, p):
             p = _cast(p, dtype)
             h = rms_norm(x, p["input_norm"], eps)
-            q = jnp.einsum("ble,ehd->blhd", h, p["q"]) + p["q_bias"]
-            k = jnp.einsum("ble,ehd->blhd", h, p["k"]) + p["k_bias"]
-            v = jnp.einsum("ble,ehd->blhd", h, p["v"]) + p["v_bias"]
+            q = shard_activation(jnp.einsum("ble,ehd->blhd", h, p["q"]) + p["q_bias"], heads)
+            k = shard_activation(jnp.einsum("ble,ehd->blhd", h, p["k"]) + p["k_bias"], kv_heads)
+            v = shard_activation(jnp.einsum("ble,ehd->blhd", h, p["v"]) + p["v_bias"], kv_heads)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             a = dot_product_attention(q, k, v, mask=mask, is_causal=True, impl=impl)
-            x = x + jnp.einsum("blhd,hde->ble", a, p["o"])
+            x = shard_activation(x + jnp.einsum("blhd,hde->ble", a, p["o"]), ACT_BLE)
             h = rms_norm(x, p["post_norm"], eps)
-            x = x + (jax.nn.silu(h @ p["gate"]) * (h @ p["up"])) @ p["down"]
+            g = shard_activation(jax.nn.silu(h @ p["gate"]) * (h @ p["up"]),
+                                 ("act_batch", "act_length", "act_mlp"))
+            x = shard_activation(x + g @ p["down"], ACT_BLE)
             return x, None
 
         layer = _remat(layer, self.config.remat)
+        x = shard_activation(x, ACT_BLE)
         x, _ = jax.lax.scan(layer, x, self.layers.arrays())
         return rms_norm(x, self.norm[...], eps)
 
     def logits(self, h):
         dtype = h.dtype
         if self.config.tie_word_embeddings:
-            return jnp.einsum("ble,ve->blv", h, self.embed[...].astype(dtype))
-        return h @ self.lm_head[...].astype(dtype)
+            out = jnp.einsum("ble,ve->blv", h, self.embed[...].astype(dtype))
+        else:
+            out = h @ self.lm_head[...].astype(dtype)
+        return shard_activation(out, ("act_batch", "act_length", "act_vocab"))
 
 
 # ---------------------------------------------------------------------------- the VLM

@@ -1,0 +1,156 @@
+"""A jitted, sharded train step: loss, gradients and an optax update.
+
+The state is a plain pytree `{"params", "opt_state", "step"}` (parameters as an nnx State), so
+one `jax.jit` with explicit in/out shardings and donation covers it, and orbax saves it as is.
+The model graph definition is static and closed over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from guard_jax.sharding import TRAIN_RULES, logical_to_spec, param_shardings, use_rules
+
+# Logical axes of each batch field; everything else is replicated.
+BATCH_AXES = {
+    "input_ids": ("act_batch", "act_length"),
+    "attention_mask": ("act_batch", "act_length"),
+    "labels": ("act_batch", "act_length"),
+    "loss_mask": ("act_batch", "act_length"),
+    "position_ids": (None, "act_batch", "act_length"),
+}
+
+
+def token_cross_entropy(logits, labels, mask):
+    """Sum of float32 cross-entropy over positions where mask is 1, and the count."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    mask = mask.astype(jnp.float32)
+    return jnp.sum((lse - picked) * mask), jnp.sum(mask)
+
+
+def next_token_loss(model, batch):
+    """Mean next-token cross-entropy over `loss_mask` (labels = input_ids shifted left)."""
+    fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                                 "seg_full", "seg_win", "pos_hw") if k in batch}
+    logits = model.forward(**fwd)
+    labels = batch.get("labels")
+    mask = batch.get("loss_mask")
+    if labels is None:
+        labels = jnp.concatenate([batch["input_ids"][:, 1:],
+                                  jnp.zeros_like(batch["input_ids"][:, :1])], axis=1)
+    if mask is None:
+        mask = jnp.concatenate([batch["attention_mask"][:, 1:],
+                                jnp.zeros_like(batch["attention_mask"][:, :1])], axis=1)
+    total, count = token_cross_entropy(logits, labels, mask)
+    loss = total / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "tokens": count}
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """Holds the compiled step and the shardings it was built with."""
+    fn: Callable
+    state_shardings: Any
+    batch_sharding: Callable[[dict], dict]
+
+    def __call__(self, state, batch):
+        return self.fn(state, batch)
+
+
+def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
+    out = {}
+    for k, v in batch.items():
+        axes = BATCH_AXES.get(k)
+        spec = P() if axes is None else logical_to_spec(axes, rules, v.shape, mesh, strict=False)
+        out[k] = NamedSharding(mesh, spec)
+    return out
+
+
+def init_train_state(model, tx: optax.GradientTransformation, mesh=None, rules=TRAIN_RULES):
+    """(graphdef, state) with optimizer state created in the parameters' shardings."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    if mesh is None:
+        return graphdef, {"params": params, "opt_state": tx.init(params),
+                          "step": jnp.zeros((), jnp.int32)}
+    shardings = state_shardings(params, tx, mesh, rules)
+    state = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p),
+                               "step": jnp.zeros((), jnp.int32)},
+                    out_shardings=shardings)(params)
+    return graphdef, state
+
+
+def state_shardings(params, tx, mesh, rules=TRAIN_RULES):
+    """Shardings of {"params", "opt_state", "step"}: optimizer moments follow their parameter."""
+    p_sh = param_shardings(params, mesh, rules)
+    abstract_opt = jax.eval_shape(tx.init, params)
+    # Replicated by default (counts, scalars); moments that mirror the params get theirs.
+    opt_sh = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract_opt)
+    opt_sh = _match_param_like(abstract_opt, opt_sh, params, p_sh)
+    return {"params": p_sh, "opt_state": opt_sh, "step": NamedSharding(mesh, P())}
+
+
+def _match_param_like(abstract_opt, opt_sh, params, p_sh):
+    """Gives every sub-tree of the optimizer state that has the params' structure the params'
+    shardings (adam's mu and nu, for instance)."""
+    p_struct = jax.tree.structure(params)
+    p_leaves = jax.tree.leaves(p_sh)
+
+    def walk(abs_node, sh_node):
+        if jax.tree.structure(abs_node) == p_struct:
+            return jax.tree.unflatten(jax.tree.structure(sh_node), p_leaves)
+        if isinstance(abs_node, tuple) and hasattr(abs_node, "_fields"):
+            return type(abs_node)(*(walk(a, s) for a, s in zip(abs_node, sh_node)))
+        if isinstance(abs_node, (tuple, list)):
+            return type(abs_node)(walk(a, s) for a, s in zip(abs_node, sh_node))
+        if isinstance(abs_node, dict):
+            return {k: walk(abs_node[k], sh_node[k]) for k in abs_node}
+        return sh_node
+
+    return walk(abstract_opt, opt_sh)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
+                    rules=TRAIN_RULES, loss_fn=next_token_loss, state=None) -> Callable:
+    """A jitted `step(state, batch) -> (state, metrics)`; with a mesh, explicit in/out shardings
+    and the state donated."""
+
+    def step(state, batch):
+        def loss_of(params):
+            model = nnx.merge(graphdef, params)
+            return loss_fn(model, batch)
+
+        with use_rules(mesh, rules) if mesh is not None else contextlib.nullcontext():
+            (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    if state is None:
+        raise ValueError("make_train_step(mesh=...) needs the state to derive its shardings")
+    sh = jax.tree.map(lambda x: x.sharding, state)
+    compiled = {}
+
+    def run(state, batch):
+        key = tuple(sorted((k, v.shape) for k, v in batch.items()))
+        if key not in compiled:
+            b_sh = batch_shardings(batch, mesh, rules)
+            compiled[key] = jax.jit(step, in_shardings=(sh, b_sh),
+                                    out_shardings=(sh, NamedSharding(mesh, P())),
+                                    donate_argnums=0)
+        return compiled[key](state, batch)
+
+    return run
