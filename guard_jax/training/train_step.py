@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -74,6 +75,22 @@ def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
         axes = BATCH_AXES.get(k)
         spec = P() if axes is None else logical_to_spec(axes, rules, v.shape, mesh, strict=False)
         out[k] = NamedSharding(mesh, spec)
+    return out
+
+
+def put_batch(batch: dict, shardings: dict) -> dict:
+    """Host arrays holding the GLOBAL batch (same on every process) -> global jax Arrays.
+
+    Each process copies only the slices its own devices hold, so this is also how a
+    multi-process job feeds a step. (Per-process data shards go through
+    `jax.make_array_from_process_local_data` instead.)"""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, jax.Array):
+            out[k] = v
+            continue
+        v = np.asarray(v)
+        out[k] = jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
     return out
 
 
@@ -148,9 +165,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if key not in compiled:
             b_sh = batch_shardings(batch, mesh, rules)
-            compiled[key] = jax.jit(step, in_shardings=(sh, b_sh),
-                                    out_shardings=(sh, NamedSharding(mesh, P())),
-                                    donate_argnums=0)
-        return compiled[key](state, batch)
+            compiled[key] = (b_sh, jax.jit(step, in_shardings=(sh, b_sh),
+                                           out_shardings=(sh, NamedSharding(mesh, P())),
+                                           donate_argnums=0))
+        b_sh, fn = compiled[key]
+        return fn(state, put_batch(batch, b_sh))
 
     return run

@@ -1,0 +1,112 @@
+"""Joining the processes of a multi-host job with `jax.distributed`.
+
+How the topology is found, in order:
+1. explicit variables: `GUARD_JAX_COORDINATOR` (host:port), `GUARD_JAX_NUM_PROCESSES`,
+   `GUARD_JAX_PROCESS_ID` (also read under JAX's own names `JAX_COORDINATOR_ADDRESS`,
+   `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`);
+2. SLURM (`srun` sets SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, ...): JAX's cluster detection;
+3. Cloud TPU VMs of a multi-host slice: JAX's cluster detection (metadata server);
+4. otherwise a single process, and nothing is initialised.
+
+A peer that never joins is an error after `timeout_s` (GUARD_JAX_INIT_TIMEOUT, default 300 s)
+that names the coordinator and the process, never a silent hang.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+
+import jax
+
+JOIN_TIMEOUT_EXIT_CODE = 75  # EX_TEMPFAIL: a peer never joined; the job may be retried
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    method: str  # "single", "explicit", "slurm", "tpu"
+    coordinator: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+
+
+def _env(*names):
+    for n in names:
+        if os.environ.get(n):
+            return os.environ[n]
+    return None
+
+
+def detect(environ=None) -> Topology:
+    env = os.environ if environ is None else environ
+
+    def get(*names):
+        for n in names:
+            if env.get(n):
+                return env[n]
+        return None
+
+    coord = get("GUARD_JAX_COORDINATOR", "JAX_COORDINATOR_ADDRESS")
+    nproc = get("GUARD_JAX_NUM_PROCESSES", "JAX_NUM_PROCESSES")
+    pid = get("GUARD_JAX_PROCESS_ID", "JAX_PROCESS_ID")
+    if coord or nproc or pid:
+        missing = [n for n, v in (("GUARD_JAX_COORDINATOR", coord),
+                                  ("GUARD_JAX_NUM_PROCESSES", nproc),
+                                  ("GUARD_JAX_PROCESS_ID", pid)) if not v]
+        if missing:
+            raise ValueError(f"multi-process start-up needs all three of GUARD_JAX_COORDINATOR, "
+                             f"GUARD_JAX_NUM_PROCESSES and GUARD_JAX_PROCESS_ID; missing {missing}")
+        n, i = int(nproc), int(pid)
+        if not 0 <= i < n:
+            raise ValueError(f"GUARD_JAX_PROCESS_ID={i} is outside 0..{n - 1}")
+        return Topology("explicit", coord, n, i)
+    if all(env.get(v) for v in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_NODELIST",
+                                "SLURM_LOCALID")) and int(env["SLURM_NTASKS"]) > 1:
+        return Topology("slurm", None, int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"]))
+    workers = get("TPU_WORKER_HOSTNAMES")
+    if workers and len(workers.split(",")) > 1:
+        return Topology("tpu", None, len(workers.split(",")), int(get("TPU_WORKER_ID") or 0))
+    return Topology("single")
+
+
+def initialize(timeout_s: int | None = None, local_device_ids=None) -> Topology:
+    """Joins the job's processes (no-op for a single process). Call before any device work."""
+    topo = detect()
+    if topo.method == "single":
+        return topo
+    timeout_s = int(timeout_s or _env("GUARD_JAX_INIT_TIMEOUT") or 300)
+    # JAX's own deadline aborts the process from C++ with a stack trace; our watchdog fires
+    # first and exits with a message that says what to check.
+    kw = dict(initialization_timeout=timeout_s + 60)
+    if topo.method == "explicit":
+        kw.update(coordinator_address=topo.coordinator, num_processes=topo.num_processes,
+                  process_id=topo.process_id)
+        if local_device_ids is not None:
+            kw["local_device_ids"] = local_device_ids
+    if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+        # CPU processes need a collectives library to talk to each other (tests, CPU clusters).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = topo.coordinator or f"the {topo.method} coordinator"
+    message = (
+        f"guard_jax: process {topo.process_id} of {topo.num_processes} could not join the job at "
+        f"{where} within {timeout_s}s. Check that every process was started with the same "
+        "coordinator address and process count, that the coordinator's port is reachable, and "
+        "that process ids are unique; raise GUARD_JAX_INIT_TIMEOUT if workers start slowly.")
+    done = threading.Event()
+
+    def watchdog():
+        if not done.wait(timeout_s):
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+            os._exit(JOIN_TIMEOUT_EXIT_CODE)
+
+    threading.Thread(target=watchdog, daemon=True, name="guard_jax-join-watchdog").start()
+    try:
+        jax.distributed.initialize(**kw)
+    except Exception as e:  # noqa: BLE001 - re-raised with the facts a user needs
+        raise RuntimeError(f"{message} ({type(e).__name__}: {e})") from e
+    finally:
+        done.set()
+    return topo
