@@ -19,7 +19,8 @@ def hf_config(c: Qwen25VLConfig) -> Qwen2_5_VLConfig:
                               "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
                               "max_position_embeddings", "hidden_act", "vocab_size",
                               "attention_dropout", "use_sliding_window", "max_window_layers",
-                              "bos_token_id", "eos_token_id", "pad_token_id")}
+                              "bos_token_id", "eos_token_id") }
+    text["pad_token_id"] = d.get("pad_token_id")
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
                                "mrope_section": list(t.mrope_section)}
     vision = {"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size":

@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 import hf_reference as R  # noqa: E402
 from guard_jax.models.qwen2_5_vl import tiny  # noqa: E402
-from guard_jax.models.qwen2_5_vl.placement import init_sharded  # noqa: E402
+from guard_jax.models.qwen2_5_vl import init_model  # noqa: E402
+from guard_jax.models.qwen2_5_vl.placement import shard_model  # noqa: E402
 from guard_jax.sharding import make_mesh  # noqa: E402
 from guard_jax.training.train_step import init_train_state, make_train_step  # noqa: E402
 
@@ -43,7 +44,7 @@ def main():
     c = tiny()
     mesh = make_mesh((2, 2, 2))
     tx = optax.sgd(0.1, momentum=0.9)
-    model = init_sharded(c, mesh, seed=0)
+    model = shard_model(init_model(c, seed=0), mesh)  # same host init on both processes
     batch = batch_for(model, c)
     gd, state = init_train_state(model, tx, mesh)
     step = make_train_step(gd, tx, mesh=mesh, state=state)

@@ -86,9 +86,11 @@ class Qwen25VLConfig:
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     vision_token_id: int = 151654
-    bos_token_id: int = 151643
-    eos_token_id: int = 151645
-    pad_token_id: int = 151643
+    bos_token_id: int = 151643  # <|endoftext|>
+    eos_token_id: int = 151645  # <|im_end|>
+    # The published config.json has no pad_token_id (transformers would freeze that embedding
+    # row through padding_idx); generation pads with <|endoftext|> = bos_token_id instead.
+    pad_token_id: int | None = None
     # Not part of the HF config: how we run the model.
     param_dtype: str = "bfloat16"
     dtype: str = "bfloat16"
@@ -103,11 +105,12 @@ class Qwen25VLConfig:
 
     @property
     def generation_eos_ids(self) -> tuple[int, ...]:
-        """Qwen instruct models stop on <|im_end|> and on <|endoftext|>."""
-        ids = [self.eos_token_id]
-        if self.pad_token_id is not None and self.pad_token_id not in ids:
-            ids.append(self.pad_token_id)
-        return tuple(ids)
+        """Qwen instruct models stop on <|im_end|> and on <|endoftext|> (the 'bos' id)."""
+        return tuple(dict.fromkeys((self.eos_token_id, self.bos_token_id)))
+
+    @property
+    def generation_pad_id(self) -> int:
+        return self.pad_token_id if self.pad_token_id is not None else self.bos_token_id
 
     # ------------------------------------------------------------------ HF conversion
     @classmethod
@@ -184,13 +187,12 @@ class Qwen25VLConfig:
         transformers 5 converts it to its nested classes on load; 4.5x reads it natively.
         """
         t, v = self.text, self.vision
-        return {
+        out = {
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "model_type": "qwen2_5_vl",
             "attention_dropout": t.attention_dropout,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
             "vision_start_token_id": self.vision_start_token_id,
             "vision_end_token_id": self.vision_end_token_id,
             "vision_token_id": self.vision_token_id,
@@ -235,6 +237,9 @@ class Qwen25VLConfig:
                 "torch_dtype": torch_dtype,
             },
         }
+        if self.pad_token_id is not None:
+            out["pad_token_id"] = self.pad_token_id
+        return out
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "Qwen25VLConfig":
@@ -282,31 +287,30 @@ def _validate(c: Qwen25VLConfig) -> None:
 
 # ---------------------------------------------------------------------- presets
 def qwen2_5_vl_3b(**overrides) -> Qwen25VLConfig:
-    """Qwen2.5-VL-3B-Instruct (published config.json)."""
+    """Qwen2.5-VL-3B-Instruct (published config.json); keyword arguments override any field."""
     return Qwen25VLConfig(
         text=TextConfig(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
                         num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
                         max_window_layers=70),
         vision=VisionConfig(out_hidden_size=2048),
         tie_word_embeddings=True,
-        **overrides,
-    )
+    ).replace(**overrides)
 
 
 def qwen2_5_vl_7b(**overrides) -> Qwen25VLConfig:
-    """Qwen2.5-VL-7B-Instruct (published config.json)."""
+    """Qwen2.5-VL-7B-Instruct (published config.json); keyword arguments override any field."""
     return Qwen25VLConfig(
         text=TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                         num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                         max_window_layers=28),
         vision=VisionConfig(out_hidden_size=3584),
         tie_word_embeddings=False,
-        **overrides,
-    )
+    ).replace(**overrides)
 
 
 def tiny(**overrides) -> Qwen25VLConfig:
-    """The tiny parity configuration (vocab 256, hidden 64, 2 layers; vision 32 wide, 2 blocks)."""
+    """The tiny parity configuration (vocab 256, hidden 64, 2 layers; vision 32 wide, 2 blocks),
+    float32; keyword arguments override any field."""
     return Qwen25VLConfig(
         text=TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -316,9 +320,8 @@ def tiny(**overrides) -> Qwen25VLConfig:
         tie_word_embeddings=False,
         image_token_id=251, video_token_id=252, vision_start_token_id=249,
         vision_end_token_id=250, vision_token_id=248, bos_token_id=0, eos_token_id=1,
-        pad_token_id=0,
-        **{"param_dtype": "float32", "dtype": "float32", **overrides},
-    )
+        param_dtype="float32", dtype="float32",
+    ).replace(**overrides)
 
 
 PRESETS = {"3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "tiny": tiny}

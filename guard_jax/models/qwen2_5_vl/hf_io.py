@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,6 +41,16 @@ _ST_DTYPES = {
     np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
     np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float64): "F64",
 }
+
+
+# Where each loaded model came from (for copying tokenizer files on export). Kept outside the
+# module: a plain attribute would be static graph data and part of every nnx.jit cache key.
+_SOURCES: "weakref.WeakKeyDictionary[Qwen25VL, str]" = weakref.WeakKeyDictionary()
+
+
+def hf_source(model: Qwen25VL) -> str | None:
+    """The HF directory `model` was loaded from, if any."""
+    return _SOURCES.get(model)
 
 
 def _np_dtype(name) -> np.dtype:
@@ -90,6 +101,10 @@ class _TensorIndex:
                                      f"and {fname})")
                 self.where[nk] = (fname, k)
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        fname, raw = self.where[key]
+        return tuple(self.handles[fname].get_slice(raw).get_shape())
+
     def get(self, key: str) -> np.ndarray:
         fname, raw = self.where[key]
         return self.handles[fname].get_tensor(raw)
@@ -122,7 +137,7 @@ def load_hf(path, *, dtype: str = "bfloat16", mesh=None, rules=None,
         from guard_jax.sharding import TRAIN_RULES
         model = load_sharded(path, index, config, mesh, rules=rules or TRAIN_RULES,
                              progress=progress)
-        model.hf_source = str(path)
+        _SOURCES[model] = str(path)
         return model
     model = abstract_model(config)
     variables = _variables(model)
@@ -133,12 +148,12 @@ def load_hf(path, *, dtype: str = "bfloat16", mesh=None, rules=None,
         if km.stacked:
             buf = jnp.zeros(shape, target)
             for i, key in enumerate(km.hf_keys()):
-                x = km.to_ours(index.get(key), shape[1:]).astype(target)
+                x = km.to_ours(index.get(key), shape[1:], key).astype(target)
                 buf = _set_layer_donated(buf, x, i)
             var.set_value(buf)
         else:
-            var.set_value(jnp.asarray(km.to_ours(index.get(km.hf), shape).astype(target)))
-    model.hf_source = str(path)
+            var.set_value(jnp.asarray(km.to_ours(index.get(km.hf), shape, km.hf).astype(target)))
+    _SOURCES[model] = str(path)
     return model
 
 
@@ -163,6 +178,11 @@ def _check_keys(index: _TensorIndex, maps: list[KeyMap], config: Qwen25VLConfig,
         more = f" (and {len(extra) - 8} more)" if len(extra) > 8 else ""
         raise ValueError(f"{path}: unexpected tensors {extra[:8]}{more}: is this a Qwen2.5-VL "
                          "checkpoint matching its config.json?")
+    for km in maps:  # shapes from the headers only, before anything is read
+        for key in km.hf_keys():
+            if index.shape(key) != km.hf_shape:
+                raise ValueError(f"{path}: {key}: shape {index.shape(key)} in "
+                                 f"{index.where[key][0]}, config.json needs {km.hf_shape}")
 
 
 # ------------------------------------------------------------------------------ writing
@@ -271,7 +291,7 @@ def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None
                      "weight_map": {e.key: n for n, s in zip(names, shards) for e in s}}
             _write_json(tmp / "model.safetensors.index.json", index)
         _write_json(tmp / "config.json", config.to_hf_dict(torch_dtype=torch_dtype))
-        src = assets_from if assets_from is not None else getattr(model, "hf_source", None)
+        src = assets_from if assets_from is not None else hf_source(model)
         _write_generation_config(tmp, config, Path(src) if src else None)
         if src:
             for fname in ASSET_FILES:
@@ -307,6 +327,6 @@ def _write_generation_config(out: Path, config: Qwen25VLConfig, src: Path | None
         if i not in eos:
             eos.append(i)
     gen.update({"bos_token_id": config.bos_token_id, "eos_token_id": eos,
-                "pad_token_id": gen.get("pad_token_id", config.pad_token_id)})
+                "pad_token_id": gen.get("pad_token_id", config.generation_pad_id)})
     gen.setdefault("use_cache", True)
     _write_json(out / "generation_config.json", gen)

@@ -30,11 +30,12 @@ class KeyMap:
             return [self.hf.format(i=i) for i in range(self.stacked)]
         return [self.hf]
 
-    def to_ours(self, w: np.ndarray, ours_shape: tuple[int, ...]) -> np.ndarray:
-        """One HF tensor -> our (per-layer) array."""
+    def to_ours(self, w: np.ndarray, ours_shape: tuple[int, ...], key: str | None = None
+                ) -> np.ndarray:
+        """One HF tensor (named `key`, for errors) -> our (per-layer) array."""
         if tuple(w.shape) != self.hf_shape:
-            raise ValueError(f"{self.hf}: shape {tuple(w.shape)} in the checkpoint, config needs "
-                             f"{self.hf_shape}")
+            raise ValueError(f"{key or self.hf}: shape {tuple(w.shape)} in the checkpoint, "
+                             f"config.json needs {self.hf_shape}")
         if self.in_dims:
             w = w.reshape(w.shape[0], -1).T
         return np.ascontiguousarray(w.reshape(ours_shape))

@@ -55,13 +55,22 @@ def _cast(tree, dtype):
 
 
 class ParamGroup(nnx.Module):
-    """A bag of parameters created from specs (random normal / zeros / ones)."""
+    """A bag of parameters created from specs (random normal / zeros / ones).
 
-    def __init__(self, specs: dict[str, ParamSpec], *, dtype, init_std: float, rngs: nnx.Rngs):
+    With `rngs` the normals come from jax.random (traceable: sharded init under jit, abstract
+    shapes under eval_shape); with a numpy Generator they are drawn on the host, which costs no
+    compilation (an unsharded init of a small model in well under a second)."""
+
+    def __init__(self, specs: dict[str, ParamSpec], *, dtype, init_std: float,
+                 rngs: nnx.Rngs | None = None, np_rng: np.random.Generator | None = None):
         for name, spec in specs.items():
             if spec.init == "normal":
-                value = init_std * jax.random.normal(rngs.params(), spec.shape, jnp.float32)
-                value = value.astype(dtype)
+                if rngs is not None:
+                    value = init_std * jax.random.normal(rngs.params(), spec.shape, jnp.float32)
+                    value = value.astype(dtype)
+                else:
+                    value = np_rng.standard_normal(spec.shape, dtype=np.float32) * init_std
+                    value = jnp.asarray(value.astype(np.dtype(dtype)))
             elif spec.init == "zeros":
                 value = jnp.zeros(spec.shape, dtype)
             else:
@@ -74,11 +83,11 @@ class ParamGroup(nnx.Module):
 
 # ---------------------------------------------------------------------------- vision tower
 class VisionTower(nnx.Module):
-    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None, np_rng=None):
         self.config = config
         specs = vision_specs(config)
         kw = dict(dtype=jnp.dtype(config.param_dtype), init_std=config.vision.initializer_range,
-                  rngs=rngs)
+                  rngs=rngs, np_rng=np_rng)
         self.patch_embed = ParamGroup(specs["patch_embed"], **kw)
         self.blocks = ParamGroup(specs["blocks"], **kw)
         self.merger = ParamGroup(specs["merger"], **kw)
@@ -145,11 +154,11 @@ def mrope_cos_sin(position_ids, config: Qwen25VLConfig, dtype):
 
 
 class TextModel(nnx.Module):
-    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None, np_rng=None):
         self.config = config
         specs = text_specs(config)
         kw = dict(dtype=jnp.dtype(config.param_dtype), init_std=config.text.initializer_range,
-                  rngs=rngs)
+                  rngs=rngs, np_rng=np_rng)
         top = specs["top"]
         self.embed = nnx.Param(ParamGroup({"w": top["embed"]}, **kw).w[...],
                                logical_axes=top["embed"].axes)
@@ -214,11 +223,13 @@ class Qwen25VL(nnx.Module):
     segments) and then runs `forward`, which is pure array code suitable for `jit`.
     """
 
-    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None = None):
-        rngs = rngs if rngs is not None else nnx.Rngs(0)
+    def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None = None, seed: int = 0):
+        """Random weights: from `rngs` (jax.random; use under jit or eval_shape) or, without
+        it, from a numpy Generator seeded with `seed` (fast on the host, no compilation)."""
+        np_rng = np.random.default_rng(seed) if rngs is None else None
         self.config = config
-        self.visual = VisionTower(config, rngs=rngs)
-        self.text = TextModel(config, rngs=rngs)
+        self.visual = VisionTower(config, rngs=rngs, np_rng=np_rng)
+        self.text = TextModel(config, rngs=rngs, np_rng=np_rng)
 
     # -- host side
     def prepare_inputs(self, input_ids, *, attention_mask=None, pixel_values=None,
@@ -309,8 +320,17 @@ def _jitted_forward(model: Qwen25VL, batch):
     return model.forward(**batch)
 
 
-def init_model(config: Qwen25VLConfig, seed: int = 0) -> Qwen25VL:
-    return Qwen25VL(config, rngs=nnx.Rngs(seed))
+def init_model(config: Qwen25VLConfig, seed: int = 0, *, mesh=None, rules=None) -> Qwen25VL:
+    """Random weights (normal with the config's initializer_range; norms 1, biases 0).
+
+    Without a mesh: drawn on the host with numpy. With a mesh: drawn by jax.random under
+    `jit(out_shardings=...)`, so each device creates only its shards (different values from
+    the host path for the same seed)."""
+    if mesh is None:
+        return Qwen25VL(config, seed=seed)
+    from guard_jax.models.qwen2_5_vl.placement import init_sharded
+    from guard_jax.sharding import TRAIN_RULES
+    return init_sharded(config, mesh, seed=seed, rules=rules or TRAIN_RULES)
 
 
 def abstract_model(config: Qwen25VLConfig) -> Qwen25VL:

@@ -40,6 +40,23 @@ def init_sharded(config: Qwen25VLConfig, mesh, *, seed: int = 0, rules=TRAIN_RUL
     return nnx.merge(graphdef, make())
 
 
+def shard_model(model: Qwen25VL, mesh, *, rules=TRAIN_RULES) -> Qwen25VL:
+    """Places an existing (e.g. host-initialised) model onto the mesh. Every process must hold
+    the same values; each copies only the slices its devices own."""
+    graphdef, state = nnx.split(model)
+    shardings = param_shardings(state, mesh, rules)
+
+    def put(var, sh):
+        value = var.get_value()
+        host = np.asarray(value)
+        return var.replace(jax.make_array_from_callback(host.shape, sh.get_value(),
+                                                        lambda idx: host[idx]))
+
+    flat_sh = dict(nnx.to_flat_state(shardings))
+    flat = [(k, put(v, flat_sh[k])) for k, v in nnx.to_flat_state(state)]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 def _flat_range(index: tuple[slice, ...], dims: tuple[int, ...]):
     """The [start, stop) range of the row-major flattening of `dims` covered by `index`, or None
     when the covered elements are not contiguous."""
@@ -72,7 +89,7 @@ def _read_block(index, km: KeyMap, key: str, ours_shape: tuple[int, ...], sl: tu
             return np.ascontiguousarray(w.T).reshape(block_shape).astype(dtype)
     elif not km.in_dims and tuple(ours_shape) == km.hf_shape:
         return np.asarray(handle.get_slice(raw)[sl]).astype(dtype)
-    full = km.to_ours(handle.get_tensor(raw), ours_shape)
+    full = km.to_ours(handle.get_tensor(raw), ours_shape, key)
     return np.ascontiguousarray(full[sl]).astype(dtype)
 
 
