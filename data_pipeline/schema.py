@@ -44,6 +44,7 @@ class SampleError(ValueError):
     def __init__(self, reason: str, message: str, *, file: str | None = None,
                  record: int | str | None = None, field: str | None = None):
         self.reason, self.file, self.record, self.field = reason, file, record, field
+        self.message = message  # without the location prefix
         where = ", ".join(x for x in (f"file {file}" if file else "",
                                       f"record {record}" if record is not None else "",
                                       f"field {field!r}" if field else "") if x)

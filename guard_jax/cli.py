@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "demo": ("guard_jax.demo", "the main job on its tiny embedded default, end to end on the CPU"),
     "bench": ("guard_jax.bench", "side-by-side performance ratios against a named peer"),
+    "plan": ("guard_jax.plan", "per-device memory of a config on a target chip, and whether it fits"),
 }
 
 

@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--mfu-remat", choices=REMAT_POLICIES, default="none", help="remat for --mfu (none)")
     a("--mfu-config", choices=("3b", "7b", "small", "tiny"), default="3b",
       help="config for --mfu (3b)")
+    a("--mfu-attention", choices=("auto", "xla", "cudnn"), default="auto",
+      help="attention kernel for --mfu (auto: cuDNN on a GPU in bf16)")
+    a("--mfu-padding-mask", action="store_true",
+      help="feed the (all-ones) padding mask to the --mfu step instead of none")
     a("--xla-flags", default="",
       help="extra XLA_FLAGS for this run (e.g. '--xla_cpu_use_xnnpack=true'); only effective "
            "before jax starts its backend")
@@ -191,41 +195,23 @@ def summarize(times: list[float]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- ours (JAX)
 def token_cross_entropy(logits, input_ids, attention_mask):
     """Mean next-token cross-entropy (float32) of logits [B, L, V] against input_ids shifted by
-    one, as transformers' ForCausalLMLoss with labels=input_ids: the last position has no
-    target, and positions whose target is padding are left out."""
-    import jax
+    one, as transformers' ForCausalLMLoss with labels=input_ids (the train step's loss)."""
     import jax.numpy as jnp
-    b = input_ids.shape[0]
-    labels = jnp.concatenate([input_ids[:, 1:], jnp.zeros((b, 1), input_ids.dtype)], axis=1)
-    w = jnp.concatenate([attention_mask[:, 1:], jnp.zeros((b, 1), attention_mask.dtype)],
-                        axis=1).astype(jnp.float32)
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    tgt = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return jnp.sum((lse - tgt) * w) / jnp.maximum(jnp.sum(w), 1.0)
+    from guard_jax.training import train_step as ts
+    labels = jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1)
+    mask = jnp.concatenate([attention_mask[:, 1:], jnp.zeros_like(attention_mask[:, :1])], axis=1)
+    total, count = ts.token_cross_entropy(logits, labels, mask)
+    return total / jnp.maximum(count, 1.0)
 
 
 def make_loss_fn(graphdef):
+    """(params, batch) -> loss: the project's training loss (next_token_loss) over the model."""
     from flax import nnx
+    from guard_jax.training.train_step import next_token_loss
 
     def loss_fn(params, batch):
-        model = nnx.merge(graphdef, params)
-        logits = model.forward(**{k: batch[k] for k in FORWARD_KEYS if k in batch})
-        return token_cross_entropy(logits, batch["input_ids"], batch["attention_mask"])
+        return next_token_loss(nnx.merge(graphdef, params), batch)[0]
     return loss_fn
-
-
-def make_train_step(graphdef, tx):
-    """(params, opt_state, batch) -> (params, opt_state, loss): forward, backward, AdamW."""
-    import jax
-    import optax
-    loss_fn = make_loss_fn(graphdef)
-
-    def train_step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-    return train_step
 
 
 def device_batch(c: Qwen25VLConfig, inputs: dict[str, np.ndarray]):
@@ -250,7 +236,7 @@ class OursStep:
         from guard_jax.models.qwen2_5_vl.model import init_model
 
         with progress("ours: initialising parameters"):
-            graphdef, self.params = nnx.split(init_model(c, seed))
+            graphdef, self.params = nnx.split(init_model(c, seed), nnx.Param)
             jax.block_until_ready(self.params)
         self.batch, self.host_prepare_s = device_batch(c, inputs)
         fn = jax.jit(jax.value_and_grad(make_loss_fn(graphdef)))
@@ -290,7 +276,7 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
     from flax import nnx
     from guard_jax.models.qwen2_5_vl.model import init_model
 
-    graphdef, params = nnx.split(init_model(c, seed))
+    graphdef, params = nnx.split(init_model(c, seed), nnx.Param)
     batch, _ = device_batch(c, inputs)
     model = nnx.merge(graphdef, params)
     dtype = jnp.dtype(c.dtype)
@@ -436,22 +422,26 @@ def abstract_batch(c: Qwen25VLConfig, seq_len: int, image_size: int, batch: int 
 
 def compile_train_step(c: Qwen25VLConfig, seq_len: int, image_size: int,
                        batch: int = 1) -> dict[str, Any]:
-    """Lower and compile forward+backward+AdamW from abstract shapes; nothing is allocated."""
+    """Lower and compile the project's train step (guard_jax.training.train_step: forward,
+    backward, AdamW, state donated) from abstract shapes; nothing is allocated."""
     import jax
+    import jax.numpy as jnp
     import optax
     from flax import nnx
     from guard_jax.models.qwen2_5_vl.model import abstract_model
     from guard_jax.models.qwen2_5_vl.params import count_params
+    from guard_jax.training.train_step import make_train_step
 
-    graphdef, params = nnx.split(abstract_model(c))
+    graphdef, params = nnx.split(abstract_model(c), nnx.Param)
     tx = optax.adamw(1e-5, weight_decay=0.0)
-    opt_state = jax.eval_shape(tx.init, params)
+    state = {"params": params, "opt_state": jax.eval_shape(tx.init, params),
+             "step": jax.ShapeDtypeStruct((), jnp.int32)}
     abatch = abstract_batch(c, seq_len, image_size, batch)
-    step = jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
+    step = make_train_step(graphdef, tx)
     n_patch = abatch["pixel_values"].shape[0] if "pixel_values" in abatch else 0
     with progress("compile: lowering the train step"):
         t0 = time.perf_counter()
-        lowered = step.lower(params, opt_state, abatch)
+        lowered = step.lower(state, abatch)
         lower_s = time.perf_counter() - t0
     with progress(f"compile: compiling the train step for {jax.default_backend()} "
                   "(target < 60 s)"):
@@ -473,46 +463,69 @@ def compile_train_step(c: Qwen25VLConfig, seq_len: int, image_size: int,
 
 
 # ---------------------------------------------------------------------------- (c) MFU
-def run_mfu(c: Qwen25VLConfig, seq_len: int, image_size: int, steps: int,
-            seed: int = 0) -> dict[str, Any]:
-    """A full train step (forward + backward + AdamW) on one device; MFU and tokens/s."""
+def device_init(c: Qwen25VLConfig, seed: int = 0):
+    """(graphdef, params) with random weights drawn by jax.random on the default device
+    (no host-side draw of billions of numbers)."""
     import jax
-    import optax
     from flax import nnx
-    from guard_jax.models.qwen2_5_vl.model import init_model
+    from guard_jax.models.qwen2_5_vl.model import Qwen25VL, abstract_model
 
-    dev = jax.devices()[0]
-    kind = dev.device_kind
+    graphdef, _ = nnx.split(abstract_model(c), nnx.Param)
+    params = jax.jit(lambda: nnx.split(Qwen25VL(c, rngs=nnx.Rngs(seed)), nnx.Param)[1])()
+    return graphdef, params
+
+
+def run_mfu(c: Qwen25VLConfig, seq_len: int, image_size: int, steps: int,
+            seed: int = 0, keep_padding_mask: bool = False) -> dict[str, Any]:
+    """The project's full train step (forward + backward + AdamW) on one device; step time,
+    tokens/s and MFU against the device's peak bf16 FLOP/s."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from guard_jax.training.train_step import make_train_step
+
+    kind = jax.devices()[0].device_kind
     peak = flops_lib.peak_flops(kind)
     inputs = make_inputs(c, seq_len, image_size, 1, seed)
+    tx = optax.adamw(1e-5, weight_decay=0.0)
     with progress(f"mfu: initialising {c.param_dtype} parameters on {kind}"):
-        graphdef, params = nnx.split(init_model(c, seed))
-        tx = optax.adamw(1e-5, weight_decay=0.0)
-        opt_state = jax.jit(tx.init)(params)
-        jax.block_until_ready(opt_state)
+        graphdef, params = device_init(c, seed)
+        state = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p),
+                                   "step": jnp.zeros((), jnp.int32)})(params)
+        del params
+        jax.block_until_ready(state)
     batch, _ = device_batch(c, inputs)
-    step = jax.jit(make_train_step(graphdef, tx), donate_argnums=(0, 1))
+    padding_mask = keep_padding_mask
+    if not keep_padding_mask:
+        # The bench batch has no padding: pass no attention mask (the loss mask says the same),
+        # so the decoder's attention is purely causal. With a [B, 1, 1, L] padding mask the
+        # cuDNN path is refused ("Bias must have same seq length as QKV, got 1 and L").
+        batch["loss_mask"] = jnp.concatenate(
+            [batch["attention_mask"][:, 1:], jnp.zeros_like(batch["attention_mask"][:, :1])], 1)
+        batch["attention_mask"] = None
+    step = make_train_step(graphdef, tx)
     with progress("mfu: compiling the train step"):
         t0 = time.perf_counter()
-        compiled = step.lower(params, opt_state, batch).compile()
+        compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
     with progress(f"mfu: 2 warm-up + {steps} timed steps"):
         for _ in range(2):
-            params, opt_state, loss = compiled(params, opt_state, batch)
-        jax.block_until_ready(loss)
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            params, opt_state, loss = compiled(params, opt_state, batch)
-            jax.block_until_ready((params, opt_state, loss))
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
             times.append(time.perf_counter() - t0)
     s = summarize(times)
     fl = flops_lib.train_step_flops(c, seq_len, 1, grids_of(inputs))
     out = {"device_kind": kind, "peak_flops": peak, "seq_len": seq_len,
            "image_tokens": int((inputs["input_ids"] == c.image_token_id).sum()),
-           "remat": c.remat, "compile_s": compile_s, "loss": float(loss),
-           "model_flops_per_step": fl["train_step"], "flops": fl,
-           "tokens_per_s": seq_len / s["median_s"], **s}
+           "remat": c.remat, "attention_impl": c.attention_impl, "compile_s": compile_s,
+           "padding_mask": padding_mask,
+           "loss": float(metrics["loss"]), "model_flops_per_step": fl["train_step"],
+           "flops": fl, "tokens_per_s": seq_len / s["median_s"], **s}
     out["mfu"] = flops_lib.mfu(fl["train_step"], s["median_s"], peak) if peak else None
     return out
 
@@ -585,7 +598,9 @@ def report(res: dict[str, Any]) -> str:
             out.append(f"(c) MFU: skipped ({c['skipped']})")
         else:
             out.append(f"(c) MFU, {c['config_size']} config, bf16, 1 x {c['seq_len']} tokens "
-                       f"({c['image_tokens']} image tokens), remat {c['remat']}, on {c['device_kind']}")
+                       f"({c['image_tokens']} image tokens), remat {c['remat']}, attention "
+                       f"{c['attention_impl']}, padding mask {'yes' if c['padding_mask'] else 'none'}, "
+                       f"on {c['device_kind']}")
             rows = [("median train step", _fmt_s(c["median_s"])),
                     ("tokens/s", f"{c['tokens_per_s']:.0f}"),
                     ("model FLOPs/step", f"{c['model_flops_per_step'] / 1e12:.2f} T"),
@@ -649,10 +664,11 @@ def main(args: argparse.Namespace) -> int:
         if jax.default_backend() not in ("gpu", "tpu"):
             res["mfu"] = {"skipped": f"no GPU/TPU (backend {jax.default_backend()})"}
         else:
-            c = make_config(args.mfu_config, "bfloat16", args.mfu_remat)
+            c = make_config(args.mfu_config, "bfloat16", args.mfu_remat, args.mfu_attention)
             print(f"(c) {args.mfu_config} config: {describe(c)}", file=sys.stderr)
             res["mfu"] = {"config_size": args.mfu_config,
-                          **run_mfu(c, args.mfu_seq_len, args.image_size, args.mfu_steps)}
+                          **run_mfu(c, args.mfu_seq_len, args.image_size, args.mfu_steps,
+                                    keep_padding_mask=args.mfu_padding_mask)}
 
     print(report(res), end="")
     if args.json:

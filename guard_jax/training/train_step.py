@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from guard_jax.models.qwen2_5_vl.model import FORWARD_KEYS
 from guard_jax.sharding import TRAIN_RULES, logical_to_spec, param_shardings, use_rules
 
 # Logical axes of each batch field; everything else is replicated.
@@ -28,6 +29,11 @@ BATCH_AXES = {
     "labels": ("act_batch", "act_length"),
     "loss_mask": ("act_batch", "act_length"),
     "position_ids": (None, "act_batch", "act_length"),
+    # batch-major vision inputs: each device runs the vision tower on its own samples
+    "pixel_values": ("act_batch", None, None),
+    "pos_hw": ("act_batch", None, None),
+    "win_idx": ("act_batch", None, None),
+    "full_idx": ("act_batch", None, None),
 }
 
 
@@ -42,8 +48,7 @@ def token_cross_entropy(logits, labels, mask):
 
 def next_token_loss(model, batch):
     """Mean next-token cross-entropy over `loss_mask` (labels = input_ids shifted left)."""
-    fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
-                                 "seg_full", "seg_win", "pos_hw") if k in batch}
+    fwd = {k: batch[k] for k in FORWARD_KEYS if k in batch}
     logits = model.forward(**fwd)
     labels = batch.get("labels")
     mask = batch.get("loss_mask")
@@ -137,10 +142,9 @@ def _match_param_like(abstract_opt, opt_sh, params, p_sh):
     return walk(abstract_opt, opt_sh)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
-                    rules=TRAIN_RULES, loss_fn=next_token_loss, state=None) -> Callable:
-    """A jitted `step(state, batch) -> (state, metrics)`; with a mesh, explicit in/out shardings
-    and the state donated."""
+def build_step(graphdef, tx: optax.GradientTransformation, *, mesh=None, rules=TRAIN_RULES,
+               loss_fn=next_token_loss) -> Callable:
+    """The pure `step(state, batch) -> (state, metrics)` (not jitted; see make_train_step)."""
 
     def step(state, batch):
         def loss_of(params):
@@ -154,6 +158,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
+    return step
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
+                    rules=TRAIN_RULES, loss_fn=next_token_loss, state=None) -> Callable:
+    """A jitted `step(state, batch) -> (state, metrics)`; with a mesh, explicit in/out shardings
+    (from `state`'s arrays and the batch's logical axes) and the state donated."""
+    step = build_step(graphdef, tx, mesh=mesh, rules=rules, loss_fn=loss_fn)
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     if state is None:

@@ -1,8 +1,10 @@
 """Dot-product attention with a kernel picked by backend.
 
 `xla` is the reference path (scores and softmax in float32, as transformers' eager attention);
-`cudnn` is cuDNN flash attention through `jax.nn.dot_product_attention` on GPUs. `auto` picks
-cuDNN on a GPU for half-precision inputs and XLA elsewhere.
+long query sequences are processed in checkpointed query chunks, so memory stays
+O(chunk x keys) in the forward and the backward pass. `cudnn` is cuDNN flash attention through
+`jax.nn.dot_product_attention` on GPUs. `auto` picks cuDNN on a GPU for half-precision inputs
+and XLA elsewhere.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+QUERY_CHUNK = 1024  # queries per chunk on the XLA path, for sequences longer than 2 chunks
 
 
 def resolve_impl(impl: str, dtype) -> str:
@@ -21,16 +24,45 @@ def resolve_impl(impl: str, dtype) -> str:
     return "xla"
 
 
-def dot_product_attention(q, k, v, *, mask=None, is_causal=False, impl="xla"):
-    """q: [B, T, N, D]; k, v: [B, S, K, D] with N % K == 0 (GQA); mask: bool, broadcastable to
-    [B, 1, T, S] (True = attend). Returns [B, T, N, D] in q's dtype."""
+def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=None, impl="xla"):
+    """q: [B, T, N, D]; k, v: [B, S, K, D] with N % K == 0 (GQA).
+
+    mask: bool broadcastable to [B, 1, 1, S] (True = attend; a key-padding mask);
+    kv_lengths: [B] valid keys (and queries) per row, valid entries first: the same information
+    as a right-padding mask, in the form cuDNN takes. Returns [B, T, N, D] in q's dtype."""
     impl = resolve_impl(impl, q.dtype)
     if impl == "cudnn":
+        kw = {}
+        if kv_lengths is not None:
+            kw = dict(query_seq_lengths=kv_lengths, key_value_seq_lengths=kv_lengths)
+            mask = None
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, scale=q.shape[-1] ** -0.5,
-            implementation="cudnn")
+            implementation="cudnn", **kw)
     if impl != "xla":
         raise ValueError(f"unknown attention implementation {impl!r}")
+    if kv_lengths is not None:
+        valid = jnp.arange(k.shape[1])[None, :] < kv_lengths[:, None]
+        mask = valid[:, None, None, :] if mask is None else (mask & valid[:, None, None, :])
+    t = q.shape[1]
+    if t <= 2 * QUERY_CHUNK:
+        return _xla_attention(q, k, v, mask, is_causal, 0)
+    n_chunks = -(-t // QUERY_CHUNK)
+    pad = n_chunks * QUERY_CHUNK - t
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    qc = jnp.moveaxis(qp.reshape(q.shape[0], n_chunks, QUERY_CHUNK, *q.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def chunk(args):
+        i, qi = args
+        return _xla_attention(qi, k, v, mask, is_causal, i * QUERY_CHUNK, total_q=t)
+
+    out = jax.lax.map(chunk, (jnp.arange(n_chunks), qc))
+    out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n_chunks * QUERY_CHUNK, *q.shape[2:])
+    return out[:, :t]
+
+
+def _xla_attention(q, k, v, mask, is_causal, q_offset, total_q=None):
     b, t, n, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = n // kv
@@ -39,12 +71,30 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal=False, impl="xla"):
     scores = scores * (d ** -0.5)
     full = None
     if is_causal:
-        full = jnp.tril(jnp.ones((t, s), bool), k=s - t)[None, None]
+        # queries are the last `total_q` positions of the keys (decode appends at the end)
+        rows = q_offset + jnp.arange(t)[:, None] + (s - (total_q or t))
+        full = (jnp.arange(s)[None, :] <= rows)[None, None]
     if mask is not None:
-        m = jnp.broadcast_to(mask, (b, 1, t, s))
+        m = jnp.broadcast_to(mask, (b, 1, 1, s))
         full = m if full is None else (full & m)
     if full is not None:
         scores = jnp.where(full[:, :, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, n, d).astype(q.dtype)
+
+
+def grouped_attention(q, k, v, idx, *, impl="xla"):
+    """Attention within groups of tokens given by gather indices.
+
+    q, k, v: [N, H, D]; idx: [G, S] token indices of each group, valid entries first, padded
+    with N. Every token belongs to at most one group; tokens in none get zeros."""
+    n, h, d = q.shape
+
+    def gather(t):
+        return jnp.concatenate([t, jnp.zeros((1, h, d), t.dtype)], axis=0)[idx]
+
+    lengths = jnp.sum(idx < n, axis=-1).astype(jnp.int32)
+    out = dot_product_attention(gather(q), gather(k), gather(v), kv_lengths=lengths, impl=impl)
+    flat = out.reshape(-1, h, d)
+    return jnp.zeros((n + 1, h, d), out.dtype).at[idx.reshape(-1)].set(flat)[:n]

@@ -16,12 +16,15 @@ import numpy as np
 from flax import nnx
 
 from guard_jax.models.qwen2_5_vl import positions as pos_lib
-from guard_jax.models.qwen2_5_vl.attention import dot_product_attention
+from guard_jax.models.qwen2_5_vl.attention import dot_product_attention, grouped_attention
 from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from guard_jax.models.qwen2_5_vl.params import ParamSpec, text_specs, vision_specs
 from guard_jax.sharding import shard_activation
 
 ACT_BLE = ("act_batch", "act_length", "act_embed")
+# Batch fields the vision tower reads (host-computed by positions.vision_attention_index).
+VISION_KEYS = ("pixel_values", "pos_hw", "win_idx", "full_idx")
+FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids") + VISION_KEYS
 
 VISION_NORM_EPS = 1e-6  # hard-coded in transformers' vision tower, not read from the config
 
@@ -92,8 +95,16 @@ class VisionTower(nnx.Module):
         self.blocks = ParamGroup(specs["blocks"], **kw)
         self.merger = ParamGroup(specs["merger"], **kw)
 
-    def __call__(self, pixel_values, seg_full, seg_win, pos_hw):
-        """pixel_values [N, C*T*P*P] in processor order -> merged features [N/4, out_hidden]."""
+    def __call__(self, pixel_values, pos_hw, win_idx, full_idx):
+        """Batch-major: pixel_values [B, P, C*T*P*P] -> merged features [B, P/4, out_hidden]
+        (see positions.vision_batch); each sample's row runs independently."""
+        return jax.vmap(self.tower)(pixel_values, pos_hw, win_idx, full_idx)
+
+    def tower(self, pixel_values, pos_hw, win_idx, full_idx):
+        """One sample: pixel_values [N, C*T*P*P] in processor order -> [N/4, out_hidden].
+
+        Windowed blocks attend within the rows of `win_idx`, full-attention blocks within the
+        rows of `full_idx` (one per image frame); see positions.vision_attention_index."""
         vc = self.config.vision
         dtype = jnp.dtype(self.config.dtype)
         hd = vc.head_dim
@@ -107,8 +118,6 @@ class VisionTower(nnx.Module):
         ang = jnp.concatenate([ang, ang], axis=-1)[:, None, :]  # [N, 1, hd]
         cos, sin = jnp.cos(ang), jnp.sin(ang)
 
-        mask_full = (seg_full[:, None] == seg_full[None, :])[None, None]
-        mask_win = (seg_win[:, None] == seg_win[None, :])[None, None]
         is_full = np.zeros((vc.depth,), bool)
         is_full[list(vc.fullatt_block_indexes)] = True
         impl = self.config.attention_impl
@@ -121,8 +130,9 @@ class VisionTower(nnx.Module):
             q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
             q = (q.astype(jnp.float32) * cos + rotate_half(q.astype(jnp.float32)) * sin).astype(dtype)
             k = (k.astype(jnp.float32) * cos + rotate_half(k.astype(jnp.float32)) * sin).astype(dtype)
-            mask = jnp.where(full, mask_full, mask_win)
-            a = dot_product_attention(q[None], k[None], v[None], mask=mask, impl=impl)[0]
+            # one scan over all blocks; the block kind picks the grouping (both are compiled once)
+            a = jax.lax.cond(full, lambda: grouped_attention(q, k, v, full_idx, impl=impl),
+                             lambda: grouped_attention(q, k, v, win_idx, impl=impl))
             x = x + jnp.einsum("nhk,hkd->nd", a, p["proj"]) + p["proj_bias"]
             h = rms_norm(x, p["norm2"], VISION_NORM_EPS)
             g = h @ p["gate"] + p["gate_bias"]
@@ -268,8 +278,8 @@ class Qwen25VL(nnx.Module):
                     f"Image features and image tokens do not match: input_ids hold {n_img_tok} "
                     f"image tokens (id {c.image_token_id}) but image_grid_thw {grid.tolist()} "
                     f"gives {expected} features")
-            out["pixel_values"] = pv
-            out.update(pos_lib.vision_segments(grid, c))
+            per_sample = pos_lib.split_images_by_sample(ids, grid, c, mask)
+            out.update(pos_lib.vision_batch(np.asarray(pv), grid, per_sample, c))
         elif n_img_tok:
             raise ValueError(f"input_ids hold {n_img_tok} image tokens but no pixel_values")
         if position_ids is None:
@@ -293,25 +303,26 @@ class Qwen25VL(nnx.Module):
         return _jitted_forward(self, batch)
 
     # -- device side (pure array code)
-    def embed(self, input_ids, pixel_values=None, seg_full=None, seg_win=None, pos_hw=None):
+    def embed(self, input_ids, pixel_values=None, pos_hw=None, win_idx=None, full_idx=None):
         x = self.text.embed_tokens(input_ids)
         if pixel_values is None:
             return x
-        feats = self.visual(pixel_values, seg_full, seg_win, pos_hw).astype(x.dtype)
+        feats = self.visual(pixel_values, pos_hw, win_idx, full_idx).astype(x.dtype)
+        # the k-th image token of a sample takes the sample's k-th merged feature
         is_img = input_ids == self.config.image_token_id
-        idx = jnp.cumsum(is_img.reshape(-1)).reshape(is_img.shape) - 1
-        idx = jnp.clip(idx, 0, feats.shape[0] - 1)
-        return jnp.where(is_img[..., None], feats[idx], x)
+        idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, feats.shape[1] - 1)
+        picked = jnp.take_along_axis(feats, idx[..., None], axis=1)
+        return jnp.where(is_img[..., None], picked, x)
 
     def hidden_states(self, input_ids, attention_mask, position_ids, pixel_values=None,
-                      seg_full=None, seg_win=None, pos_hw=None):
-        x = self.embed(input_ids, pixel_values, seg_full, seg_win, pos_hw)
+                      pos_hw=None, win_idx=None, full_idx=None):
+        x = self.embed(input_ids, pixel_values, pos_hw, win_idx, full_idx)
         return self.text.decoder(x, position_ids, attention_mask)
 
-    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, seg_full=None,
-                seg_win=None, pos_hw=None):
-        h = self.hidden_states(input_ids, attention_mask, position_ids, pixel_values, seg_full,
-                               seg_win, pos_hw)
+    def forward(self, input_ids, attention_mask, position_ids, pixel_values=None, pos_hw=None,
+                win_idx=None, full_idx=None):
+        h = self.hidden_states(input_ids, attention_mask, position_ids, pixel_values, pos_hw,
+                               win_idx, full_idx)
         return self.text.logits(h)
 
 

@@ -172,3 +172,113 @@ def window_index(image_grid_thw, config: Qwen25VLConfig):
     cu_arr = cu_arr[np.concatenate([[True], np.diff(cu_arr) != 0])]
     idx = np.concatenate(index) if index else np.zeros((0,), np.int64)
     return idx, cu_arr
+
+
+def _group(seg: np.ndarray, n_total: int, width: int | None) -> np.ndarray:
+    """Patch indices grouped by segment id (PAD_SEGMENT excluded), one row per segment, padded
+    with `n_total` (an index past the last patch, which the model treats as empty)."""
+    ids = np.unique(seg[seg != PAD_SEGMENT])
+    members = [np.nonzero(seg == i)[0] for i in ids]
+    w = max((len(m) for m in members), default=1) if width is None else width
+    out = np.full((max(len(members), 1), w), n_total, np.int32)
+    for r, m in enumerate(members):
+        if len(m) > w:
+            raise ValueError(f"segment {ids[r]} has {len(m)} patches, more than the width {w}")
+        out[r, :len(m)] = m
+    return out
+
+
+def vision_attention_index(image_grid_thw, config: Qwen25VLConfig,
+                           num_patches: int | None = None) -> dict[str, np.ndarray]:
+    """Gather indices that turn the vision tower's attention into dense blocks.
+
+    win_idx [W, S]: the patches of each attention window (S = window_merged**2 * merge_unit,
+      64 in the real models), padded with N; windowed blocks attend within a row.
+    full_idx [F, P]: the patches of each image frame (P = the largest frame), padded with N;
+      full-attention blocks attend within a row.
+    pos_hw [N, 2]: patch row and column for the 2-D rotary embedding.
+    Attention cost is O(N * S) for windowed blocks instead of O(N^2) with segment masks.
+    """
+    seg = vision_segments(image_grid_thw, config, num_patches)
+    n = len(seg["seg_full"])
+    vc = config.vision
+    s = vc.window_merged**2 * vc.merge_unit
+    return {"pos_hw": seg["pos_hw"],
+            "win_idx": _group(seg["seg_win"], n, s),
+            "full_idx": _group(seg["seg_full"], n, None)}
+
+
+def split_images_by_sample(input_ids, image_grid_thw, config: Qwen25VLConfig,
+                           attention_mask=None) -> list[list[int]]:
+    """Which images (indices into image_grid_thw, in order) each sample's image tokens use."""
+    ids = np.asarray(input_ids)
+    grid = _as_grid(image_grid_thw)
+    mask = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    tokens = [int(n) for n in np.prod(grid, axis=1) // config.vision.merge_unit]
+    out, nxt = [], 0
+    for i in range(ids.shape[0]):
+        row = ids[i] if mask is None else ids[i][mask[i]]
+        need = int((row == config.image_token_id).sum())
+        mine = []
+        while need > 0:
+            if nxt >= len(tokens):
+                raise ValueError(f"sample {i}: image tokens left over after all "
+                                 f"{len(tokens)} images of image_grid_thw were assigned")
+            if tokens[nxt] > need:
+                raise ValueError(f"sample {i}: image {nxt} (grid {grid[nxt].tolist()}) needs "
+                                 f"{tokens[nxt]} image tokens but the sample has {need} left")
+            mine.append(nxt)
+            need -= tokens[nxt]
+            nxt += 1
+        out.append(mine)
+    if nxt != len(tokens):
+        raise ValueError(f"image_grid_thw lists {len(tokens)} images but input_ids hold image "
+                         f"tokens for {nxt}")
+    return out
+
+
+def vision_batch(pixel_values, image_grid_thw, images_per_sample: list[list[int]],
+                 config: Qwen25VLConfig, *, patches: int | None = None,
+                 windows: int | None = None, frames: int | None = None) -> dict[str, np.ndarray]:
+    """Batch-major vision inputs: each sample's patches in its own row, so the tower shards
+    over the batch like everything else.
+
+    pixel_values [B, P, C*T*P*P] (zeros past a sample's patches), pos_hw [B, P, 2],
+    win_idx [B, W, S] and full_idx [B, F, Pf] with indices into the sample's row, padded with P.
+    `patches`, `windows`, `frames` fix P, W and F (static-shape buckets); by default the
+    largest sample decides."""
+    pv = np.asarray(pixel_values)
+    grid = _as_grid(image_grid_thw)
+    sizes = np.prod(grid, axis=1)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    per = [vision_attention_index(grid[imgs], config) if imgs else None
+           for imgs in images_per_sample]
+    counts = [int(sizes[imgs].sum()) if imgs else 0 for imgs in images_per_sample]
+    p_max = max(max(counts), config.vision.merge_unit) if patches is None else patches
+    if max(counts) > p_max:
+        raise ValueError(f"a sample has {max(counts)} patches, more than the budget {p_max}")
+    s = config.vision.window_merged**2 * config.vision.merge_unit
+    w_max = max([x["win_idx"].shape[0] for x in per if x is not None] + [1])
+    f_max = max([x["full_idx"].shape[0] for x in per if x is not None] + [1])
+    pf_max = max([x["full_idx"].shape[1] for x in per if x is not None] + [1])
+    w_max = w_max if windows is None else windows
+    f_max = f_max if frames is None else frames
+    b = len(images_per_sample)
+    out = {"pixel_values": np.zeros((b, p_max, pv.shape[-1]), pv.dtype),
+           "pos_hw": np.zeros((b, p_max, 2), np.int32),
+           "win_idx": np.full((b, w_max, s), p_max, np.int32),
+           "full_idx": np.full((b, f_max, pf_max), p_max, np.int32)}
+    for i, (imgs, x) in enumerate(zip(images_per_sample, per)):
+        if not imgs:
+            continue
+        rows = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in imgs])
+        n = len(rows)
+        out["pixel_values"][i, :n] = pv[rows]
+        out["pos_hw"][i, :n] = x["pos_hw"]
+        for key, limit in (("win_idx", w_max), ("full_idx", f_max)):
+            idx = x[key]
+            if idx.shape[0] > limit:
+                raise ValueError(f"sample {i}: {idx.shape[0]} groups in {key}, budget {limit}")
+            idx = np.where(idx == n, p_max, idx)
+            out[key][i, :idx.shape[0], :idx.shape[1]] = idx
+    return out

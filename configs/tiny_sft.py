@@ -1,0 +1,24 @@
+"""Tiny SFT on the CPU: the architecture of the parity tests, random init.
+
+Plan:  guard-jax plan --config configs/tiny_sft.py --target h100x8 --compiled
+Expect: a few MiB per device; the SFT trainer itself arrives with the training issues.
+"""
+
+from guard_jax.run_config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.trainer = "sft"
+    c.model.preset = "tiny"
+    c.model.param_dtype = "float32"
+    c.model.dtype = "float32"
+    c.model.remat = "none"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, -1, 2
+    c.data.seq_len = 256
+    c.data.images_per_sample = 1
+    c.data.max_pixels = 112 * 112
+    c.train.global_batch = 8
+    c.train.micro_batch = 8
+    c.optim.lr = 1e-3
+    return c

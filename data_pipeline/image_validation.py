@@ -1,0 +1,139 @@
+"""Image checks done once, at conversion time, so that training never meets a bad image.
+
+Two jobs: resolve a raw image path safely under the dataset root (no `..`, no absolute path or
+symlink leading outside it), and decode the image fully with PIL (catching corrupt and truncated
+files and decompression bombs) before it is written to a dataset. Problems raise `ImageProblem`
+with a reason word; the converters turn it into a `SampleError` that names file, record and field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from data_pipeline.schema import ImageRef
+
+# Reason words (also the keys of the build summary's skip counts).
+PATH_ESCAPE = "path_escape"
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+TRUNCATED_IMAGE = "truncated_image"
+IMAGE_TOO_LARGE = "image_too_large"
+
+
+class ImageProblem(ValueError):
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePolicy:
+    """How converters treat images.
+
+    embed: store the encoded file bytes in the record (self-contained dataset) instead of the
+      path relative to the root. Images that arrive as bytes (parquet) are always kept as bytes.
+    max_pixels: decompression-bomb cap (width * height); None means PIL's `Image.MAX_IMAGE_PIXELS`
+      as it is when the check runs.
+    decode: fully decode every image (catches truncated data that `verify()` alone misses).
+    """
+    embed: bool = False
+    max_pixels: int | None = None
+    decode: bool = True
+
+    def cap(self) -> int | None:
+        return self.max_pixels if self.max_pixels is not None else Image.MAX_IMAGE_PIXELS
+
+
+def resolve_under_root(raw: str, root: str | os.PathLike) -> tuple[Path, str]:
+    """(absolute path, path relative to root in POSIX form) for a raw path from a dataset file.
+
+    Refuses paths that leave the root lexically (`../x`, `/etc/x`) or through a symlink.
+    Absolute paths inside the root are accepted and stored relative to it.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise ImageProblem(MISSING_IMAGE, f"empty image path {raw!r}")
+    root_abs = os.path.abspath(root)
+    joined = os.path.normpath(os.path.join(root_abs, raw))  # join keeps `raw` when absolute
+    if os.path.commonpath([root_abs, joined]) != root_abs:
+        raise ImageProblem(PATH_ESCAPE, f"image path {raw!r} leaves the dataset root {root_abs}")
+    real_root, real = os.path.realpath(root_abs), os.path.realpath(joined)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ImageProblem(PATH_ESCAPE, f"image path {raw!r} resolves to {real}, outside the "
+                                        f"dataset root {real_root} (symlink)")
+    if not os.path.isfile(real):
+        raise ImageProblem(MISSING_IMAGE, f"image file {joined} does not exist")
+    return Path(joined), Path(os.path.relpath(joined, root_abs)).as_posix()
+
+
+@contextlib.contextmanager
+def _pixel_cap(cap: int | None):
+    # PIL's own bomb check reads this module global; align it with our cap while we decode.
+    # Conversion is single-threaded, so the temporary change is not seen by anyone else.
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = cap
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_image_bytes(data: bytes, policy: ImagePolicy, *, what: str = "image") -> tuple[int, int]:
+    """Opens, verifies and (by default) decodes encoded image bytes; returns (width, height)."""
+    if not data:
+        raise ImageProblem(CORRUPT_IMAGE, f"{what} is empty (0 bytes)")
+    cap = policy.cap()
+    try:
+        with _pixel_cap(cap):
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if cap is not None and width * height > cap:
+                    raise ImageProblem(IMAGE_TOO_LARGE, f"{what} has {width}x{height} = "
+                                       f"{width * height} pixels, above the cap of {cap}")
+                im.verify()
+            if policy.decode:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+    except ImageProblem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageProblem(IMAGE_TOO_LARGE, f"{what}: {e} (cap {cap} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageProblem(CORRUPT_IMAGE, f"{what} is not a readable image") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        reason = TRUNCATED_IMAGE if "truncat" in str(e).lower() else CORRUPT_IMAGE
+        raise ImageProblem(reason, f"{what} cannot be decoded: {type(e).__name__}: {e}") from None
+    if min(width, height) <= 0:
+        raise ImageProblem(CORRUPT_IMAGE, f"{what} has an empty side: {width}x{height}")
+    return width, height
+
+
+def load_image_ref(raw, root: str | os.PathLike, policy: ImagePolicy) -> ImageRef:
+    """A checked `ImageRef` from a raw dataset value.
+
+    Accepts a path string, raw bytes, or a `{"bytes": ..., "path": ...}` mapping (the Hugging
+    Face / parquet image layout; bytes win when both are present).
+    """
+    if isinstance(raw, dict):
+        data, path = raw.get("bytes"), raw.get("path")
+        if data:
+            check_image_bytes(bytes(data), policy, what=f"image bytes ({path or 'no path'})")
+            return ImageRef(data=bytes(data))
+        raw = path
+    elif isinstance(raw, (bytes, bytearray)):
+        check_image_bytes(bytes(raw), policy, what="image bytes")
+        return ImageRef(data=bytes(raw))
+    if not isinstance(raw, str):
+        raise ImageProblem(MISSING_IMAGE, f"expected an image path or bytes, got {raw!r}")
+    path, rel = resolve_under_root(raw, root)
+    data = path.read_bytes()
+    check_image_bytes(data, policy, what=f"image {path}")
+    return ImageRef(data=data) if policy.embed else ImageRef(path=rel)

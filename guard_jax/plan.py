@@ -1,0 +1,267 @@
+"""`guard-jax plan --config X [--target v5p-32]`: per-device memory of a run, and whether it fits.
+
+Two methods, always named in the output:
+- arithmetic: parameter, gradient and optimizer bytes from the parameter specs and the sharding
+  rules (exact); activations from the configured remat policy (an estimate of what the
+  backward pass keeps); the rollout's KV cache and sampling weights for GRPO.
+- compiled (--compiled): the train step lowered from abstract shapes on fake CPU devices shaped
+  like the target mesh, and XLA's memory analysis of it (arguments + temporaries + outputs -
+  donated aliases). Parameters, gradients and optimizer are exact there too; activations are
+  what XLA's CPU buffer assignment needs, which is close to, not equal to, a TPU's or GPU's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+
+GIB = 1024**3
+
+# HBM per device (GiB) and TensorCores per device for the targets we plan for.
+CHIPS = {
+    "v5p": (95.0, 2), "v5e": (16.0, 1), "v6e": (32.0, 1), "v4": (32.0, 2),
+    "h100": (79.6, None), "h200": (140.4, None), "a100": (79.2, None),
+}
+HEADROOM = 0.9  # leave 10% for the runtime, fragmentation and collectives buffers
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="a run config file (configs/*.py)")
+    p.add_argument("--target", default="h100x8",
+                   help="chip and size: v5p-32 (TensorCores, as Cloud TPU names it), v6e-8, "
+                        "h100x8, h200x8, ... (default h100x8)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also lower the train step on fake CPU devices and report XLA's memory "
+                        "analysis (minutes for 7B)")
+    p.add_argument("overrides", nargs="*", help="--config.a.b=value overrides")
+
+
+def parse_target(target: str) -> tuple[str, int, float]:
+    m = re.fullmatch(r"(v5p|v5e|v6e|v4)-(\d+)|(h100|h200|a100)x(\d+)", target.lower())
+    if not m:
+        raise ValueError(f"--target {target!r}: use e.g. v5p-32, v6e-8, h100x8 or h200x8")
+    if m.group(1):
+        chip, n = m.group(1), int(m.group(2))
+        hbm, cores = CHIPS[chip]
+        if n % cores:
+            raise ValueError(f"{target}: {chip} slices count TensorCores in multiples of {cores}")
+        return chip, n // cores, hbm
+    chip, n = m.group(3), int(m.group(4))
+    return chip, n, CHIPS[chip][0]
+
+
+@dataclasses.dataclass
+class Plan:
+    rows: dict[str, float]  # name -> bytes per device
+    notes: list[str]
+    mesh: tuple[int, int, int]
+
+    def phase_totals(self) -> dict[str, float]:
+        r = self.rows
+        base = r["parameters"] + r["optimizer state"] + r.get("reference model", 0.0)
+        out = {"train step": base + r["gradients"] + r["activations (train step)"]}
+        if "rollout KV cache" in r:
+            out["rollout"] = (base + r["rollout weights (sampling layout)"]
+                              + r["rollout KV cache"] + r["rollout logits"])
+        return out
+
+
+def _bytes(dtype: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+
+
+def _shard_factor(spec, rules, mesh_sizes) -> int:
+    from guard_jax.sharding import MESH_AXES, _as_tuple
+    sizes = dict(zip(MESH_AXES, mesh_sizes))
+    f = 1
+    for ax, dim in zip(spec.axes, spec.shape):
+        if ax is None:
+            continue
+        n = math.prod(sizes[m] for m in _as_tuple(rules[ax]))
+        if n > 1 and dim % n == 0:
+            f *= n
+    return f
+
+
+def arithmetic_plan(run, n_devices: int) -> Plan:
+    from guard_jax.models.qwen2_5_vl.params import all_specs
+    from guard_jax.run_config import model_config
+    from guard_jax.sharding import SAMPLE_RULES, TRAIN_RULES, MeshConfig
+
+    mc = model_config(run)
+    mesh = MeshConfig(run.mesh.data, run.mesh.fsdp, run.mesh.tensor).resolve(n_devices)
+    data, fsdp, tensor = mesh
+    specs = all_specs(mc)
+    pb = _bytes(mc.param_dtype)
+    cb = _bytes(mc.dtype)
+    mb = _bytes(run.optim.mu_dtype) if run.optim.mu_dtype else pb
+    params_elems = sum(s.size / _shard_factor(s, TRAIN_RULES, mesh) for s in specs.values())
+    rows = {"parameters": params_elems * pb, "gradients": params_elems * pb,
+            "optimizer state": params_elems * (mb + pb)}  # adam mu (mu_dtype) and nu
+    notes = ["parameters, gradients and optimizer state: exact, from the parameter specs and the "
+             "train sharding rules (adamw: mu in optim.mu_dtype, nu in the parameter dtype)"]
+
+    t = mc.text
+    batch_par = data * fsdp
+    b = run.train.micro_batch / batch_par  # sequences per device
+    seq = run.data.seq_len
+    e, hd = t.hidden_size, t.head_dim
+    h, kv = t.num_attention_heads / tensor, t.num_key_value_heads / tensor
+    f = t.intermediate_size / tensor
+    tok = b * seq
+    attn_probs = b * h * seq * seq * (4 + cb)  # XLA path: float32 scores + probabilities
+    per_layer_all = tok * cb * (4 * e + (2 * h + 3 * kv) * hd + h * hd + 3 * f) + attn_probs
+    per_layer_dots = tok * cb * ((h + 2 * kv) * hd + e + 2 * f) + attn_probs
+    n_layers = t.num_hidden_layers
+    policy = mc.remat
+    if policy == "full":
+        text_act = n_layers * tok * e * cb + 2 * per_layer_all
+    elif policy in ("dots", "dots_no_batch"):
+        text_act = n_layers * (per_layer_dots + tok * e * cb) + per_layer_all
+    else:
+        text_act = n_layers * per_layer_all
+    logits = tok * (t.vocab_size / tensor) * (cb + 4 + 4)  # logits, float32 log-softmax, grad
+    v = mc.vision
+    patches = b * run.data.images_per_sample * (run.data.max_pixels // (v.patch_size**2))
+    vd, vh, vf = v.hidden_size, v.num_heads / tensor, v.intermediate_size / tensor
+    window = v.window_merged**2 * v.merge_unit
+    vis_probs = vh * patches * window * (4 + cb)  # windows of <= 64 patches (full blocks: chunked)
+    vis_layer = patches * cb * (4 * vd + 4 * vh * v.head_dim + 3 * vf) + vis_probs
+    vis_act = (v.depth * patches * vd * cb + 2 * vis_layer) if policy == "full" else (
+        v.depth * vis_layer)
+    rows["activations (train step)"] = text_act + logits + vis_act
+    notes.append(f"activations: estimate for remat={policy!r}, {b:g} sequence(s) of {seq} "
+                 f"tokens and {patches:g} image patches per device; text attention counted with "
+                 "materialised float32 scores (the XLA path; cuDNN/splash keep far less)")
+
+    if run.trainer == "grpo":
+        g = run.grpo
+        if g.kl_coef > 0:
+            rows["reference model"] = params_elems * cb
+            notes.append("reference model: a frozen copy in the compute dtype (grpo.kl_coef > 0)")
+        sample_elems = sum(s.size / _shard_factor(s, SAMPLE_RULES, mesh) for s in specs.values())
+        rows["rollout weights (sampling layout)"] = sample_elems * cb
+        seqs = g.rollout_chunk_prompts * g.num_generations / batch_par
+        cache_len = g.max_prompt_len + g.max_new_tokens
+        rows["rollout KV cache"] = 2 * n_layers * seqs * cache_len * kv * hd * cb
+        rows["rollout logits"] = seqs * t.vocab_size / tensor * 4 * 2
+        notes.append(f"rollout: {g.rollout_chunk_prompts} prompts x G={g.num_generations} = "
+                     f"{seqs:g} sequences per device, cache {cache_len} tokens; sampling weights "
+                     "are replicated over fsdp and split over tensor (SAMPLE_RULES), in the "
+                     "compute dtype")
+    return Plan(rows, notes, mesh)
+
+
+def compiled_plan(run, mesh_shape) -> dict[str, float]:
+    """XLA's memory analysis of the train step on fake CPU devices (per device)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from guard_jax.models.qwen2_5_vl import abstract_model
+    from guard_jax.run_config import model_config
+    from guard_jax.sharding import make_mesh
+    from guard_jax.training.train_step import batch_shardings, build_step, state_shardings
+
+    mc = model_config(run)
+    mesh = make_mesh(mesh_shape)
+    graphdef, params = nnx.split(abstract_model(mc), nnx.Param)
+    mu = jnp.dtype(run.optim.mu_dtype) if run.optim.mu_dtype else None
+    tx = optax.adamw(run.optim.lr, mu_dtype=mu)
+    sh = state_shardings(params, tx, mesh)
+    state = {"params": params, "opt_state": jax.eval_shape(tx.init, params),
+             "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         state, sh)
+    batch = abstract_batch(mc, run.train.micro_batch, run.data.seq_len,
+                           run.data.images_per_sample, run.data.max_pixels)
+    b_sh = batch_shardings(batch, mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_sh[k]) for k, v in batch.items()}
+    step = build_step(graphdef, tx, mesh=mesh)
+    compiled = jax.jit(step, in_shardings=(sh, b_sh), out_shardings=(sh, NamedSharding(mesh, P())),
+                       donate_argnums=0).lower(state, batch).compile()
+    ma = compiled.memory_analysis()
+    total = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+             - ma.alias_size_in_bytes)
+    return {"arguments": ma.argument_size_in_bytes, "temporaries": ma.temp_size_in_bytes,
+            "outputs": ma.output_size_in_bytes, "aliased": ma.alias_size_in_bytes,
+            "total": total}
+
+
+def abstract_batch(mc, batch: int, seq: int, images: int, max_pixels: int) -> dict:
+    """Shapes of a train batch: `images` images per sample of the largest grid under
+    max_pixels (square), token layout of the model's forward."""
+    import jax
+    import jax.numpy as jnp
+    v = mc.vision
+    side = int(math.isqrt(max_pixels)) // (v.patch_size * v.spatial_merge_size)
+    side = max(side, 1) * v.spatial_merge_size  # patches per side of the largest square image
+    patches = images * side * side  # per sample
+    i32 = jnp.int32
+    out = {k: jax.ShapeDtypeStruct((batch, seq), i32)
+           for k in ("input_ids", "attention_mask", "labels", "loss_mask")}
+    out["position_ids"] = jax.ShapeDtypeStruct((3, batch, seq), i32)
+    if images:
+        vmw = v.window_merged
+        windows = images * (-(-(side // 2) // vmw)) ** 2
+        out["pixel_values"] = jax.ShapeDtypeStruct((batch, patches, v.patch_dim), jnp.float32)
+        out["pos_hw"] = jax.ShapeDtypeStruct((batch, patches, 2), i32)
+        out["win_idx"] = jax.ShapeDtypeStruct((batch, windows, vmw * vmw * v.merge_unit), i32)
+        out["full_idx"] = jax.ShapeDtypeStruct((batch, images, side * side), i32)
+    return out
+
+
+def format_plan(plan: Plan, chip: str, n_devices: int, hbm_gib: float,
+                compiled: dict[str, float] | None = None) -> str:
+    lines = [f"guard-jax plan: {n_devices} x {chip} ({hbm_gib:g} GiB HBM each), mesh "
+             f"data={plan.mesh[0]} fsdp={plan.mesh[1]} tensor={plan.mesh[2]}", ""]
+    lines.append(f"{'per device':<36}{'GiB':>10}")
+    for k, v in plan.rows.items():
+        lines.append(f"  {k:<34}{v / GIB:>10.2f}")
+    lines.append("")
+    budget = hbm_gib * HEADROOM
+    for phase, total in plan.phase_totals().items():
+        verdict = "fits" if total / GIB <= budget else "DOES NOT FIT"
+        lines.append(f"  {phase + ' peak':<34}{total / GIB:>10.2f}   {verdict} "
+                     f"({100 * total / GIB / hbm_gib:.0f}% of {hbm_gib:g} GiB; budget "
+                     f"{budget:.1f} GiB with 10% headroom)")
+    if compiled:
+        lines.append("")
+        lines.append("compiled train step (XLA memory analysis on fake CPU devices, per device):")
+        for k, v in compiled.items():
+            lines.append(f"  {k:<34}{v / GIB:>10.2f}")
+        arith = plan.phase_totals()["train step"]
+        lines.append(f"  arithmetic / compiled train step: {arith / compiled['total']:.2f}")
+    lines.append("")
+    lines.append("method: arithmetic" + (" + compiled" if compiled else "") + ".")
+    lines.extend(f"  - {n}" for n in plan.notes)
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    chip, n_devices, hbm = parse_target(args.target)
+    if args.compiled:
+        # Fake CPU devices shaped like the target: only possible before jax initialises.
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        flags = os.environ.get("XLA_FLAGS", "")
+        flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_devices}"
+    from guard_jax.run_config import load_config
+    run = load_config(args.config, args.overrides)
+    plan = arithmetic_plan(run, n_devices)
+    compiled = None
+    if args.compiled:
+        import jax
+        if jax.device_count() != n_devices:
+            raise RuntimeError(f"--compiled needs {n_devices} fake CPU devices but jax has "
+                               f"{jax.device_count()} (was jax initialised earlier?)")
+        print(f"[plan] lowering and compiling the train step on {n_devices} fake CPU devices...",
+              flush=True)
+        compiled = compiled_plan(run, plan.mesh)
+    print(format_plan(plan, chip, n_devices, hbm, compiled))
+    return 0

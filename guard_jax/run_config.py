@@ -1,0 +1,154 @@
+"""Run configs: ml_collections files with `get_config()`, validated before any device work.
+
+A config file returns a ConfigDict built on `base_config()`; the command line overrides single
+fields with `--config.a.b=value`. Unknown or mistyped keys are errors that list the valid keys,
+and values keep their types (an int field does not silently become a string).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+
+from ml_collections import ConfigDict
+
+TRAINERS = ("sft", "grpo")
+
+
+def base_config() -> ConfigDict:
+    """Every key a run may set, with its default. Recipe configs change values, not keys."""
+    c = ConfigDict()
+    c.trainer = "sft"
+    c.model = ConfigDict(dict(
+        preset="tiny",  # tiny | 3b | 7b: the architecture when no hf_dir is given
+        hf_dir="",  # an HF directory to start from (its config.json wins over preset)
+        param_dtype="float32",
+        dtype="bfloat16",  # compute dtype
+        remat="full",  # none | full | dots | dots_no_batch
+        attention_impl="auto",  # auto | xla | cudnn
+    ))
+    c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.data = ConfigDict(dict(
+        seq_len=2048,  # tokens per training sequence (static shape)
+        images_per_sample=1,
+        min_pixels=3136,
+        max_pixels=1003520,  # per image; patches per image <= max_pixels / 196
+    ))
+    c.train = ConfigDict(dict(
+        global_batch=8,  # sequences per optimizer step
+        micro_batch=8,  # sequences per forward/backward (gradient accumulation = global/micro)
+        steps=100,
+        seed=0,
+    ))
+    c.optim = ConfigDict(dict(
+        name="adamw", lr=1e-5, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
+        warmup_steps=0, schedule="cosine", mu_dtype="",  # "" = the parameters' dtype
+    ))
+    c.grpo = ConfigDict(dict(
+        num_generations=8,  # G
+        prompts_per_step=16,
+        rollout_chunk_prompts=16,  # prompts sampled together (KV cache size)
+        max_prompt_len=1024,
+        max_new_tokens=512,
+        temperature=1.0,
+        top_p=1.0,
+        kl_coef=0.0,  # > 0 keeps a frozen reference model
+    ))
+    return c
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> ConfigDict:
+    """Loads `path` (a .py file with get_config()), applies `--config.x.y=v` overrides,
+    validates, and returns a locked ConfigDict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location("guard_jax_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: defines no get_config()")
+    config = module.get_config()
+    check_keys(config, base_config(), where=path)
+    for item in overrides or []:
+        apply_override(config, item)
+    validate(config)
+    config.lock()
+    return config
+
+
+def check_keys(config: ConfigDict, reference: ConfigDict, where: str, prefix: str = "") -> None:
+    for key in config.keys():
+        full = f"{prefix}{key}"
+        if key not in reference:
+            raise KeyError(f"{where}: unknown config key {full!r}; valid keys here: "
+                           f"{sorted(reference.keys())}")
+        if isinstance(reference[key], ConfigDict):
+            if not isinstance(config[key], ConfigDict):
+                raise TypeError(f"{where}: {full!r} must be a section, got {config[key]!r}")
+            check_keys(config[key], reference[key], where, prefix=f"{full}.")
+
+
+def apply_override(config: ConfigDict, item: str) -> None:
+    """'--config.a.b=v' or 'a.b=v'."""
+    text = item[len("--config."):] if item.startswith("--config.") else item
+    if "=" not in text:
+        raise ValueError(f"override {item!r} must look like --config.section.key=value")
+    path, raw = text.split("=", 1)
+    node = config
+    parts = path.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p not in node or not isinstance(node[p], ConfigDict):
+            raise KeyError(f"unknown config section {'.'.join(parts[:i + 1])!r}; valid: "
+                           f"{sorted(k for k in node.keys() if isinstance(node[k], ConfigDict))}")
+        node = node[p]
+    key = parts[-1]
+    if key not in node:
+        raise KeyError(f"unknown config key {path!r}; valid keys in this section: "
+                       f"{sorted(node.keys())}")
+    old = node[key]
+    node[key] = _coerce(raw, old, path)
+
+
+def _coerce(raw: str, old, path: str):
+    if isinstance(old, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--config.{path}={raw!r}: expected a {type(old).__name__}") from None
+    if isinstance(old, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"--config.{path}={raw!r}: expected True or False")
+        return value
+    if isinstance(old, float) and isinstance(value, int):
+        return float(value)
+    if old is not None and not isinstance(value, type(old)):
+        raise ValueError(f"--config.{path}={raw!r}: expected a {type(old).__name__}, got "
+                         f"{type(value).__name__}")
+    return value
+
+
+def validate(c: ConfigDict) -> None:
+    errs = []
+    if c.trainer not in TRAINERS:
+        errs.append(f"trainer={c.trainer!r}; choose one of {TRAINERS}")
+    if c.train.global_batch % c.train.micro_batch:
+        errs.append(f"train.global_batch {c.train.global_batch} is not a multiple of "
+                    f"train.micro_batch {c.train.micro_batch}")
+    if not c.model.hf_dir and c.model.preset not in ("tiny", "3b", "7b"):
+        errs.append(f"model.preset={c.model.preset!r}; choose tiny, 3b or 7b, or set model.hf_dir")
+    if c.grpo.prompts_per_step % c.grpo.rollout_chunk_prompts:
+        errs.append("grpo.prompts_per_step must be a multiple of grpo.rollout_chunk_prompts")
+    if errs:
+        raise ValueError("invalid config: " + "; ".join(errs))
+
+
+def model_config(c: ConfigDict):
+    """The Qwen25VLConfig a run config describes (from hf_dir or the preset)."""
+    from guard_jax.models.qwen2_5_vl import PRESETS, Qwen25VLConfig
+    run = dict(param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=c.model.remat,
+               attention_impl=c.model.attention_impl)
+    if c.model.hf_dir:
+        return Qwen25VLConfig.from_pretrained(c.model.hf_dir, **run)
+    return PRESETS[c.model.preset](**run)
