@@ -81,10 +81,12 @@ def concatenate(a: Sample, b: Sample, *, image_root=None, max_size: int = 1024) 
     keeping one image slot (the first one; the second `<image>` is deleted). Image: both present ->
     stitched side by side and re-encoded as PNG; one present -> that image unchanged; none -> none
     (the renderer's `blank_image` mode then adds the 1x1 placeholder, as the released code keeps
-    sample 1's). Labels: OR of the request labels and OR of the response labels. The released
-    code's reward sees sample 1's labels instead (it parses the first `<result>` of the
-    concatenated gold answers): those are kept in `extras["first_sample_labels"]` and the joined
-    gold outputs in `extras["answer"]` for a code-faithful option.
+    sample 1's). A placeholder image (`extras["blank_image"]`, from the RL converter) counts as no
+    image, so a real image lands in sample 1's slot as in the released code.
+    Labels: OR of the request labels and OR of the response labels. The released code's reward
+    sees sample 1's labels instead (it parses the first `<result>` of the concatenated gold
+    answers): those are kept in `extras["first_sample_labels"]` and the joined gold outputs in
+    `extras["answer"]` for a code-faithful option.
     """
     for s in (a, b):
         if len(s.images) > 1:
@@ -95,14 +97,15 @@ def concatenate(a: Sample, b: Sample, *, image_root=None, max_size: int = 1024) 
     if marker in t1 and marker in t2:
         t2 = t2.replace(marker, "", 1)
     text = t1 + " " + t2
-    if a.images and b.images:
-        stitched = stitch_horizontally([open_image(a.images[0], image_root),
-                                        open_image(b.images[0], image_root)], max_size=max_size)
+    real_a, real_b = (() if s.extras.get("blank_image") else tuple(s.images) for s in (a, b))
+    if real_a and real_b:
+        stitched = stitch_horizontally([open_image(real_a[0], image_root),
+                                        open_image(real_b[0], image_root)], max_size=max_size)
         buf = io.BytesIO()
         stitched.save(buf, format="PNG")
         images = (ImageRef(data=buf.getvalue()),)
-    else:
-        images = tuple(a.images) or tuple(b.images)
+    else:  # one real image: it, unchanged; none: sample 1's placeholder (or 2's), if any
+        images = real_a or real_b or tuple(a.images) or tuple(b.images)
     if text.count(marker) != len(images):
         raise _error(a, "extras.transcript", f"concatenated transcript has {text.count(marker)} "
                                              f"image slots for {len(images)} images")
@@ -115,6 +118,7 @@ def concatenate(a: Sample, b: Sample, *, image_root=None, max_size: int = 1024) 
         prompt_label=_or_label(a.prompt_label, b.prompt_label),
         response_label=_or_label(a.response_label, b.response_label),
         extras={"transcript": text, "augmentation": "concat", "concat_of": [a.id, b.id],
+                **({"blank_image": True} if images and not (real_a or real_b) else {}),
                 "first_sample_labels": {"prompt_label": a.prompt_label.value,
                                         "response_label": a.response_label.value},
                 "answer": (a.target or "") + (b.target or "")})
@@ -239,8 +243,10 @@ def policy_augment(sample: Sample, version: str, rng=None, *, suffix: str = "") 
     if version not in POLICY_VERSIONS:
         raise ValueError(f"unknown policy augmentation {version!r}; known: {POLICY_VERSIONS}")
     if sample.policy is not None:
-        raise _error(sample, "policy", "policy augmentation needs a policy built from "
-                                       "extras['policy_choices'], not free policy text")
+        try:  # the dataset's own policy block: the edited categories must be findable in it
+            llavaguard.substitute_policy(sample.policy, {c: 1 for c in llavaguard.CATEGORIES})
+        except ValueError as e:
+            raise _error(sample, "policy", f"cannot augment this policy text: {e}") from e
     if not policy_applicable(sample, version):
         raise _error(sample, "prompt_label", f"policy augmentation {version} does not apply to a "
                                              f"{sample.prompt_label.value} sample with category "
@@ -256,7 +262,7 @@ def policy_augment(sample: Sample, version: str, rng=None, *, suffix: str = "") 
         return [others[int(i)] for i in rng.choice(len(others), size=k, replace=False)]
 
     if version == "v1":
-        choices.update({c: llavaguard.DEFAULT for c in [own]})
+        choices[own] = llavaguard.DEFAULT
         choices.update({c: llavaguard.NON_VIOLATING for c in others if rng.random() < 0.5})
     elif version in ("v2", "v2a"):
         extra = pick(0, 2) if version == "v2a" else []
@@ -281,7 +287,7 @@ def policy_augment(sample: Sample, version: str, rng=None, *, suffix: str = "") 
     extras["augmentation"] = version
     flipped = label != sample.prompt_label
     return dataclasses.replace(sample, id=f"{sample.id}_{version}{suffix}", prompt_label=label,
-                               target=None if flipped or version != "dup" else sample.target,
+                               target=None if flipped else sample.target,
                                extras=extras)
 
 

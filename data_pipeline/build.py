@@ -262,6 +262,10 @@ class SampleSource:
     def __getitem__(self, index) -> Sample:
         return Sample.from_record(self._raw[index]["record"])
 
+    def __iter__(self) -> Iterator[Sample]:
+        # Explicit: the fallback protocol stops on IndexError, array_record raises ValueError.
+        return (self[i] for i in range(len(self)))
+
     def __repr__(self) -> str:
         return f"SampleSource({self.dataset_dir}, {len(self)} samples)"
 

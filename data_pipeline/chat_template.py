@@ -22,7 +22,8 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # what the template inserts when none is given
+# What the template inserts when the messages start without a system turn.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def ensure_chat_template(tokenizer, *, force: bool = False):

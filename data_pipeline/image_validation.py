@@ -59,6 +59,8 @@ def resolve_under_root(raw: str, root: str | os.PathLike) -> tuple[Path, str]:
     """
     if not isinstance(raw, str) or not raw.strip():
         raise ImageProblem(MISSING_IMAGE, f"empty image path {raw!r}")
+    if "\x00" in raw:
+        raise ImageProblem(MISSING_IMAGE, f"image path {raw!r} contains a NUL byte")
     root_abs = os.path.abspath(root)
     joined = os.path.normpath(os.path.join(root_abs, raw))  # join keeps `raw` when absolute
     if os.path.commonpath([root_abs, joined]) != root_abs:

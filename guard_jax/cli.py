@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "demo": ("guard_jax.demo", "the main job on its tiny embedded default, end to end on the CPU"),
     "bench": ("guard_jax.bench", "side-by-side performance ratios against a named peer"),
+    "data": ("guard_jax.data_cli", "convert raw guard datasets to ArrayRecord (data build/list)"),
     "plan": ("guard_jax.plan", "per-device memory of a config on a target chip, and whether it fits"),
 }
 
@@ -38,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _setup_runtime()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        # `--config.a.b=v` overrides go to commands that take a config (they set `overrides`)
+        bad = [r for r in rest if not r.startswith("--config.")]
+        if bad or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+        args.overrides = list(args.overrides) + rest
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

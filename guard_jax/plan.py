@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compiled", action="store_true",
                    help="also lower the train step on fake CPU devices and report XLA's memory "
                         "analysis (minutes for 7B)")
-    p.add_argument("overrides", nargs="*", help="--config.a.b=value overrides")
+    p.set_defaults(overrides=[])  # --config.a.b=value arguments land here (see cli.py)
 
 
 def parse_target(target: str) -> tuple[str, int, float]:
@@ -123,7 +123,7 @@ def arithmetic_plan(run, n_devices: int) -> Plan:
         text_act = n_layers * (per_layer_dots + tok * e * cb) + per_layer_all
     else:
         text_act = n_layers * per_layer_all
-    logits = tok * (t.vocab_size / tensor) * (cb + 4 + 4)  # logits, float32 log-softmax, grad
+    logits = tok * (t.vocab_size / tensor) * (cb + 4)  # logits and one float32 softmax/grad
     v = mc.vision
     patches = b * run.data.images_per_sample * (run.data.max_pixels // (v.patch_size**2))
     vd, vh, vf = v.hidden_size, v.num_heads / tensor, v.intermediate_size / tensor

@@ -21,7 +21,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.trainer = "sft"
     c.model = ConfigDict(dict(
-        preset="tiny",  # tiny | 3b | 7b: the architecture when no hf_dir is given
+        preset="tiny",  # tiny | small | 3b | 7b: the architecture when no hf_dir is given
         hf_dir="",  # an HF directory to start from (its config.json wins over preset)
         param_dtype="float32",
         dtype="bfloat16",  # compute dtype
@@ -136,8 +136,9 @@ def validate(c: ConfigDict) -> None:
     if c.train.global_batch % c.train.micro_batch:
         errs.append(f"train.global_batch {c.train.global_batch} is not a multiple of "
                     f"train.micro_batch {c.train.micro_batch}")
-    if not c.model.hf_dir and c.model.preset not in ("tiny", "3b", "7b"):
-        errs.append(f"model.preset={c.model.preset!r}; choose tiny, 3b or 7b, or set model.hf_dir")
+    if not c.model.hf_dir and c.model.preset not in ("tiny", "small", "3b", "7b"):
+        errs.append(f"model.preset={c.model.preset!r}; choose tiny, small, 3b or 7b, or set "
+                    "model.hf_dir")
     if c.grpo.prompts_per_step % c.grpo.rollout_chunk_prompts:
         errs.append("grpo.prompts_per_step must be a multiple of grpo.rollout_chunk_prompts")
     if errs:

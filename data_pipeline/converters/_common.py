@@ -117,6 +117,9 @@ class Record:
         return parse_label(value, field=field, file=str(self.file), record=self.ref, extra=extra)
 
     def image(self, field: str, value: Any) -> ImageRef:
+        path = value.get("path") if isinstance(value, dict) else value
+        if isinstance(path, str):
+            check_utf8(path, self, field)
         try:
             return load_image_ref(value, self.env.root, self.env.images)
         except ImageProblem as e:
@@ -127,7 +130,7 @@ class Record:
         if value is None:
             return ()
         if not isinstance(value, (list, tuple)):
-            value = [value]
+            return (self.image(field, value),)
         return tuple(self.image(f"{field}[{i}]", v) for i, v in enumerate(value))
 
     def sample_id(self, *fields: str) -> str:
@@ -236,7 +239,8 @@ def iter_parquet_records(env: Env, file: Path, batch_size: int = 256) -> Iterato
             i += 1
 
 
-def iter_records(env: Env, suffixes=(".json", ".jsonl", ".parquet")) -> Iterator[Record | SampleError]:
+def iter_records(env: Env, suffixes=(".json", ".jsonl", ".parquet"),
+                 ) -> Iterator[Record | SampleError]:
     for file in env.files(suffixes):
         if file.suffix == ".parquet":
             yield from iter_parquet_records(env, file)
@@ -292,7 +296,8 @@ def chat_turns(record: Record, field: str) -> list[tuple[str, str, str]]:
         text_key = "content" if "content" in t else "value"
         role = _ROLES.get(str(t.get(role_key, "")).lower())
         if role is None:
-            raise record.error(BAD_VALUE, f"unknown role {t.get(role_key)!r}", f"{where}.{role_key}")
+            raise record.error(BAD_VALUE, f"unknown role {t.get(role_key)!r}",
+                               f"{where}.{role_key}")
         content = t.get(text_key)
         if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "image"}, ...]
             parts = []

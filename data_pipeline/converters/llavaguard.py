@@ -7,9 +7,9 @@ prompt with `<image>`, gpt: the JSON assessment `{rating, category, rationale}`]
 Label, first that exists: the assessment's `rating` (Safe/Unsafe); the `score` by LlavaGuard's
 rule (safe iff it contains "Acceptable" or is "Non-Violating Exception"; "Discard Sample" is
 refused as `discarded_sample`); `final-assessment`. An unsafe label with category "NA" is
-refused as `inconsistent_label` (LlavaGuard drops those). The policy is the O1..O9 block of the prompt
-(from the first `O1:` line up to `Assessment Steps`), or the whole prompt when those markers are
-absent. Category `O3: Sexual Content` -> Category("O3", "Sexual Content").
+refused as `inconsistent_label` (LlavaGuard drops those). The policy is the O1..O9 block of the
+prompt (from the first `O1:` line up to `Assessment Steps`), or the whole prompt when those
+markers are absent. Category `O3: Sexual Content` -> Category("O3", "Sexual Content").
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import dataclasses
 import io
 from typing import Any
 
-from data_pipeline.schema import ImageRef, Label, Sample, SampleError
+from data_pipeline.schema import ImageRef, Sample, SampleError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +80,6 @@ def modality(sample: Sample) -> str:
     return "text-image" if has_text else "image"
 
 
-def is_unsafe(label: Label) -> bool:
-    return label == Label.HARMFUL
-
-
 def require(cond: bool, sample: Sample, field: str, message: str):
     if not cond:
         raise SampleError("bad_sample", message, record=sample.id, field=field)
@@ -93,7 +89,7 @@ _BLANK_PNG: bytes | None = None
 
 
 def blank_image_ref() -> ImageRef:
-    """A 1x1 white PNG: GuardReasoner-VL's image for text-only RL samples (guard_recipes.md §1.4)."""
+    """A 1x1 white PNG: GuardReasoner-VL's image for text-only RL samples (recipes §1.4)."""
     global _BLANK_PNG
     if _BLANK_PNG is None:
         from PIL import Image

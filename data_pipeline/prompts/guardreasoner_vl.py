@@ -7,14 +7,18 @@ RL form "instruction + one space + transcript" in the user turn under Qwen's def
 Our own words: the instruction text itself (the reference only paraphrases it).
 
 Modes:
-* `sft` (also eval): system = instruction, user = transcript.
+* `sft` (also eval): system = instruction, user = transcript. The instruction is the sample's own
+  (`extras["instruction"]`, the released data's system text, kept by the converters) when it has
+  one and `use_sample_instruction`, else ours.
 * `rl`: user = instruction + " " + transcript; the template adds the default system message.
-  `blank_image=True` reproduces EasyR1's 1x1 white image for text-only samples (faithful mode;
-  it costs a few hundred visual tokens per sample).
+`instruction=` overrides the instruction in both modes.
+`blank_image`: None keeps the sample's images as they are; True gives a text-only sample EasyR1's
+1x1 white image (faithful mode; it costs a few hundred visual tokens per sample); False drops such
+a placeholder (a converter marks it with `extras["blank_image"]`).
 
-The image slot sits right after `Human user:\\n`, where the released data put `<image>`. A sample may
-carry a ready transcript in `extras["transcript"]` (the released data's `problem` column, or a
-safety-aware concatenation) with one `<image>` marker per image.
+The image slot sits right after `Human user:\\n`, where the released data put `<image>`. A
+sample may carry a ready transcript in `extras["transcript"]` (the released data's `problem`
+column, or a safety-aware concatenation) with one `<image>` marker per image.
 """
 
 from __future__ import annotations
@@ -49,15 +53,18 @@ def transcript(prompt: str, response: str | None, *, with_image_marker: bool = F
             + (response if response is not None else "None") + "\n")
 
 
-def transcript_parts(sample: Sample, *, blank_image: bool = False):
+def transcript_parts(sample: Sample, *, blank_image: bool | None = None):
     """(parts, images): the transcript as chat parts, with the image slot(s) in place."""
     images = tuple(sample.images)
     stored = sample.extras.get("transcript")
+    drop_blank = blank_image is False and sample.extras.get("blank_image")
     if stored is not None:
         pieces = stored.split(IMAGE_MARKER)
         require(len(pieces) - 1 == len(images), sample, "extras.transcript",
                 f"transcript has {len(pieces) - 1} {IMAGE_MARKER} markers but the sample has "
                 f"{len(images)} images")
+        if drop_blank:
+            return join_parts("".join(pieces)), ()
         parts = [pieces[0]]
         for p in pieces[1:]:
             parts += [image(), p]
@@ -66,6 +73,8 @@ def transcript_parts(sample: Sample, *, blank_image: bool = False):
             parts = [head + sep, image(), tail] if sep else [image(), stored]
             images = (blank_image_ref(),)
         return join_parts(parts), images
+    if drop_blank:
+        images = ()
     if not images and blank_image:
         images = (blank_image_ref(),)
     body = sample.user_text + ASSISTANT + (sample.response if sample.response is not None
@@ -73,15 +82,20 @@ def transcript_parts(sample: Sample, *, blank_image: bool = False):
     return join_parts(HUMAN, [image() for _ in images], body), images
 
 
-def render(sample: Sample, *, mode: str = "sft", blank_image: bool = False) -> RenderedPrompt:
+def render(sample: Sample, *, mode: str = "sft", blank_image: bool | None = None,
+           instruction: str | None = None, use_sample_instruction: bool = True) -> RenderedPrompt:
     if mode not in ("sft", "rl"):
         raise ValueError(f"guardreasoner_vl mode must be 'sft' or 'rl', got {mode!r}")
     parts, images = transcript_parts(sample, blank_image=blank_image)
     if mode == "sft":
-        messages = [{"role": "system", "content": SFT_INSTRUCTION},
+        if instruction is None:
+            instruction = (sample.extras.get("instruction") if use_sample_instruction else None
+                           ) or SFT_INSTRUCTION
+        messages = [{"role": "system", "content": instruction},
                     {"role": "user", "content": parts}]
     else:
-        messages = [{"role": "user", "content": join_parts(RL_INSTRUCTION + " ", parts)}]
+        instruction = RL_INSTRUCTION if instruction is None else instruction
+        messages = [{"role": "user", "content": join_parts(instruction + " ", parts)}]
     labels = {"prompt_label": sample.prompt_label.value,
               "response_label": sample.response_label.value}
     if "first_sample_labels" in sample.extras:  # concatenated: the released code's reward labels

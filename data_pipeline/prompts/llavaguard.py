@@ -9,17 +9,20 @@ non-violating, [2] declared sensitive). Our own words: the opening sentence, the
 policy texts (the reference paraphrases them; the released `custom_policy_dict` is not quoted).
 
 The whole prompt is the user turn (LlavaGuard's records are human -> gpt), so Qwen's default
-system message applies. The policy comes from `sample.policy` (free text, used verbatim) or else
-from `extras["policy_choices"]` ({"O1": 0|1|2, ...}; default 0 for every category), which is what
-the policy augmentations (`data_pipeline.augment`) edit. The target is `sample.target` when given,
-else the JSON built from the labels: rating from `prompt_label`, category from `category`,
-rationale from `extras["rationale"]`, written with 4-space indentation (our choice).
+system message applies. The policy block is `sample.policy` (the dataset's own O1-O9 block, kept by
+the converter) or else built from our texts; `extras["policy_choices"]` ({"O1": 0|1|2, ...},
+default 0), which the policy augmentations (`data_pipeline.augment`) edit, then swaps the text of
+each category set to 1 or 2 for the non-violating / sensitive text, in either source.
+The target is `sample.target` when given, else the JSON built from the labels: rating from
+`prompt_label`, category from `category`, rationale from `extras["rationale"]`, written with
+4-space indentation (our choice).
 `rationale_first=True` gives json-v22-b's key order (reason before rating).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from data_pipeline.prompts.base import RenderedPrompt, image, join_parts, require
 from data_pipeline.schema import Label, Sample
@@ -131,13 +134,42 @@ def rating(sample: Sample) -> str:
     return "Unsafe" if sample.prompt_label == Label.HARMFUL else "Safe"
 
 
+_HEADER = re.compile(r"^[ \t]*(O[1-9]):[ \t]*([^\n:]+):[ \t]*", re.M)
+
+
+def substitute_policy(policy: str, choices: dict[str, int]) -> str:
+    """`policy` (an O1-O9 block in LlavaGuard's `Ox: Name: text` form) with the text of every
+    category whose choice is 1 or 2 replaced by the non-violating / sensitive text."""
+    heads = list(_HEADER.finditer(policy))
+    found = [m.group(1) for m in heads]
+    missing = sorted(c for c, v in choices.items() if v and c not in found)
+    if missing:
+        raise ValueError(f"policy text has no `Ox: Name:` entry for {missing}")
+    out, pos = [], 0
+    for i, m in enumerate(heads):
+        v = choices.get(m.group(1), DEFAULT)
+        if v == DEFAULT:
+            continue
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(policy)
+        body = policy[m.end():end]
+        out += [policy[pos:m.end()], (None, _NON_VIOLATING_POLICY, _SENSITIVE_POLICY)[v],
+                body[len(body.rstrip()):]]
+        pos = end
+    out.append(policy[pos:])
+    return "".join(out)
+
+
 def sample_policy(sample: Sample) -> str:
-    if sample.policy is not None:
-        return sample.policy
+    choices = sample.extras.get("policy_choices") or {}
     try:
-        return policy_text(sample.extras.get("policy_choices"))
+        if sample.policy is None:
+            return policy_text(choices)
+        policy_text(choices)  # validates the choices
+        return substitute_policy(sample.policy, choices) if any(choices.values()) else \
+            sample.policy
     except ValueError as e:
-        require(False, sample, "extras.policy_choices", str(e))
+        require(False, sample, "policy" if sample.policy is not None else
+                "extras.policy_choices", str(e))
 
 
 def target_json(sample: Sample, *, rationale_first: bool = False) -> str:

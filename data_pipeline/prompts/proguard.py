@@ -18,7 +18,12 @@ requires `<thinking>`, which is our default.
 The image parts come first in the user turn, before `<BEGIN CONVERSATION>`; for image-only input the
 `User:` and `Agent:` fields are empty.
 `extras["provided_categories"]` (main ids, in display order) restricts the listed categories; see
-`data_pipeline.augment.hide_true_category` for the OOD task.
+`data_pipeline.augment.hide_true_category` for the OOD task. An OOD sample without that list
+(released data stores only `category == ""` and the name) hides the category whose name equals
+`original_category`, when it is a taxonomy name; otherwise the full list is shown.
+The modality is `extras["modality"]` when the sample has it (the converter keeps the dataset's),
+else it follows from the content. `use_sample_system=True` uses the dataset's own system prompt
+(`extras["system"]`) instead of ours; then the think tag it asks for is the dataset's business.
 """
 
 from __future__ import annotations
@@ -138,12 +143,31 @@ def _safe_word(label: Label) -> str:
     return "unsafe" if label == Label.HARMFUL else "safe"
 
 
-def render(sample: Sample, *, think_tag: str = "thinking",
+def main_id_of_name(name: str) -> str | None:
+    """The main id whose category or subcategory is called `name` (case-insensitive), if any."""
+    key = name.strip().lower()
+    for cid, (main, subs) in TAXONOMY.items():
+        if key == main.lower() or key in (n.lower() for n in subs.values()):
+            return cid
+    return None
+
+
+def render(sample: Sample, *, think_tag: str = "thinking", use_sample_system: bool = False,
            descriptions: Mapping[str, str] | None = None) -> RenderedPrompt:
     if think_tag not in ("thinking", "think"):
         raise ValueError(f"think_tag must be 'thinking' or 'think', got {think_tag!r}")
-    mod = modality(sample)
-    provided = tuple(sample.extras.get("provided_categories") or ALL_CATEGORIES)
+    mod = sample.extras.get("modality") or modality(sample)
+    require(mod in _TASK, sample, "extras.modality", f"unknown modality {mod!r}")
+    require((mod == "text") == (not sample.images), sample, "images",
+            f"a {mod} sample has {len(sample.images)} images")
+    provided = sample.extras.get("provided_categories")
+    if provided is None:
+        provided = ALL_CATEGORIES
+        cat = sample.category
+        hidden = main_id_of_name(cat.name) if cat is not None and not cat.id and cat.name else None
+        if hidden is not None:
+            provided = tuple(c for c in ALL_CATEGORIES if c != hidden)
+    provided = tuple(provided)
     bad = [c for c in provided if c not in TAXONOMY]
     require(not bad, sample, "extras.provided_categories", f"unknown main category ids {bad}")
 
@@ -163,10 +187,11 @@ def render(sample: Sample, *, think_tag: str = "thinking",
                       f"User: {sample.user_text if mod != 'image' else ''}\n",
                       f"Agent: {(sample.response or '') if mod != 'image' else ''}\n",
                       "<END CONVERSATION>")
-    messages = [{"role": "system", "content": system_prompt(mod, provided=provided,
-                                                             think_tag=think_tag,
-                                                             descriptions=descriptions)},
-                {"role": "user", "content": user}]
+    system = sample.extras.get("system") if use_sample_system else None
+    if system is None:
+        system = system_prompt(mod, provided=provided, think_tag=think_tag,
+                               descriptions=descriptions)
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     ood_name = sample.extras.get("original_category") or (cat.name if cat else "")
     labels = {
         "query_label": _safe_word(sample.prompt_label),

@@ -31,8 +31,6 @@ from guard_jax.models.qwen2_5_vl.config import (
     PRESETS, Qwen25VLConfig, REMAT_POLICIES, TextConfig, VisionConfig)
 
 CONFIG_SIZES = ("small", "3b", "7b", "tiny")
-FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "seg_full",
-                "seg_win", "pos_hw")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -278,7 +276,7 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
 
     graphdef, params = nnx.split(init_model(c, seed), nnx.Param)
     batch, _ = device_batch(c, inputs)
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, params)  # for shapes only
     dtype = jnp.dtype(c.dtype)
     key = jax.random.key(1)
     res = {}
@@ -295,19 +293,18 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
         res[name] = statistics.median(ts)
 
     with progress("ours: timing the pieces (vision, decoder, lm head + loss)"):
-        if "pixel_values" in batch:
-            n_tok = batch["pixel_values"].shape[0] // c.vision.merge_unit
-            r_v = jax.random.normal(key, (n_tok, c.vision.out_hidden_size), dtype)
+        from guard_jax.models.qwen2_5_vl.model import VISION_KEYS
+        vis = {k: batch[k] for k in VISION_KEYS if k in batch}
+        if "pixel_values" in vis:
+            shape = jax.eval_shape(lambda: model.visual(**vis))
+            r_v = jax.random.normal(key, shape.shape, dtype)
 
             def vision(p):
                 m = nnx.merge(graphdef, p)
-                f = m.visual(batch["pixel_values"], batch["seg_full"], batch["seg_win"],
-                             batch["pos_hw"])
-                return jnp.sum(f.astype(jnp.float32) * r_v)
+                return jnp.sum(m.visual(**vis).astype(jnp.float32) * r_v)
             timed("vision_fwd_bwd_s", vision, params)
 
-        x = model.embed(batch["input_ids"], batch.get("pixel_values"), batch.get("seg_full"),
-                        batch.get("seg_win"), batch.get("pos_hw"))
+        x = jax.jit(lambda p: nnx.merge(graphdef, p).embed(batch["input_ids"], **vis))(params)
         r_h = jax.random.normal(key, x.shape, dtype)
 
         def decoder(p, x):
@@ -316,7 +313,8 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
             return jnp.sum(h.astype(jnp.float32) * r_h)
         timed("decoder_fwd_bwd_s", decoder, params, x)
 
-        h = model.text.decoder(x, batch["position_ids"], batch["attention_mask"])
+        h = jax.jit(lambda p, x: nnx.merge(graphdef, p).text.decoder(
+            x, batch["position_ids"], batch["attention_mask"]))(params, x)
 
         def head(p, h):
             m = nnx.merge(graphdef, p)
@@ -336,7 +334,8 @@ def hf_config(c: Qwen25VLConfig):
                               "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
                               "max_position_embeddings", "hidden_act", "vocab_size",
                               "attention_dropout", "use_sliding_window", "max_window_layers",
-                              "bos_token_id", "eos_token_id", "pad_token_id")}
+                              "bos_token_id", "eos_token_id")}
+    text["pad_token_id"] = d.get("pad_token_id")
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
                                "mrope_section": list(t.mrope_section)}
     vision = {"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size":
@@ -438,7 +437,8 @@ def compile_train_step(c: Qwen25VLConfig, seq_len: int, image_size: int,
              "step": jax.ShapeDtypeStruct((), jnp.int32)}
     abatch = abstract_batch(c, seq_len, image_size, batch)
     step = make_train_step(graphdef, tx)
-    n_patch = abatch["pixel_values"].shape[0] if "pixel_values" in abatch else 0
+    # pixel_values is batch-major [B, P, patch_dim] (zeros past a sample's patches)
+    n_patch = int(np.prod(abatch["pixel_values"].shape[:-1])) if "pixel_values" in abatch else 0
     with progress("compile: lowering the train step"):
         t0 = time.perf_counter()
         lowered = step.lower(state, abatch)

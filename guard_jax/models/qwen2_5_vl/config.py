@@ -324,4 +324,17 @@ def tiny(**overrides) -> Qwen25VLConfig:
     ).replace(**overrides)
 
 
-PRESETS = {"3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "tiny": tiny}
+def small(**overrides) -> Qwen25VLConfig:
+    """Benchmark/planning size: the real vocabulary and layer types, few and narrow (text 512 x 4
+    layers, vision 256 x 4 blocks with full attention at 1 and 3); keyword arguments override."""
+    return Qwen25VLConfig(
+        text=TextConfig(vocab_size=151936, hidden_size=512, intermediate_size=1536,
+                        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                        mrope_section=(8, 12, 12)),
+        vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=512, num_heads=4,
+                            fullatt_block_indexes=(1, 3), window_size=112, out_hidden_size=512),
+        tie_word_embeddings=True,
+    ).replace(**overrides)
+
+
+PRESETS = {"3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "tiny": tiny, "small": small}

@@ -1,0 +1,104 @@
+"""`guard-jax data`: convert raw guard datasets to ArrayRecord, and list the converters.
+
+    guard-jax data build NAME --source PATH --out DIR [--on-error fail|skip] [--split train]
+        [--root DIR] [--max-image-pixels N] [--embed-images] [--overwrite]
+        [--option KEY=VALUE ...]
+    guard-jax data list
+
+Exit status: 0 on success, 1 when the build stopped on bad input (the message names file,
+record and field) or wrote nothing, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    b = sub.add_parser("build", help="convert a raw dataset into an ArrayRecord dataset",
+                       description="Convert a raw dataset into an ArrayRecord dataset "
+                                   "(tfds layout, no TensorFlow) under --out.")
+    b.add_argument("name", help="converter name (see `guard-jax data list`)")
+    b.add_argument("--source", required=True, help="raw file, or a folder of them")
+    b.add_argument("--out", required=True, help="output folder (one build per folder)")
+    b.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="fail: stop at the first bad record; skip: count it by reason and "
+                        "write it to DIR/quarantine.jsonl (default: fail)")
+    b.add_argument("--split", default="train", help="split name to write (default: train)")
+    b.add_argument("--root", help="folder image paths are relative to (default: the source's "
+                                  "folder); paths leaving it are refused")
+    b.add_argument("--max-image-pixels", type=int, default=None,
+                   help="decompression-bomb cap in pixels (default: PIL's MAX_IMAGE_PIXELS)")
+    b.add_argument("--embed-images", action="store_true",
+                   help="store image bytes in the records instead of paths under --root")
+    b.add_argument("--overwrite", action="store_true", help="replace an earlier build in --out")
+    b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="converter option (repeatable); VALUE is read as JSON when it parses, "
+                        "else as a string")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("list", help="list the converters and their options",
+                   description="List the converters and their options.")
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _list() -> int:
+    from data_pipeline.converters import CONVERTERS, converter_options, describe
+    for name in CONVERTERS:
+        print(name)
+        print(f"    {describe(name)}")
+        opts = converter_options(name)
+        if opts:
+            print("    options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    command = getattr(args, "data_command", None)
+    if command == "list":
+        return _list()
+    if command != "build":
+        print("usage: guard-jax data {build,list} ...  (see guard-jax data --help)",
+              file=sys.stderr)
+        return 2
+    from data_pipeline.build import EmptyDatasetError, build_dataset
+    from data_pipeline.converters import CONVERTERS
+    from data_pipeline.schema import SampleError
+
+    if args.name not in CONVERTERS:
+        print(f"error: unknown converter {args.name!r}; known: {', '.join(CONVERTERS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        options = _parse_options(args.option)
+        build_dataset(args.name, args.source, args.out, split=args.split, root=args.root,
+                      on_error=args.on_error, max_image_pixels=args.max_image_pixels,
+                      embed_images=args.embed_images, overwrite=args.overwrite,
+                      progress=not args.no_progress, options=options)
+    except (ValueError, FileExistsError) as e:
+        if isinstance(e, SampleError):
+            print(f"error: bad input ({e.reason}): {e}", file=sys.stderr)
+            if args.on_error == "fail":
+                print("hint: --on-error skip counts and quarantines bad records instead",
+                      file=sys.stderr)
+            return 1
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except EmptyDatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
