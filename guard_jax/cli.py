@@ -15,6 +15,10 @@ COMMANDS = {
 }
 
 
+# Commands that never touch accelerators (or, like plan --compiled, set up fake devices first).
+HOST_ONLY = {"data", "plan"}
+
+
 def _setup_runtime() -> None:
     # google/grain#1355: grain's worker processes read absl flags, which nothing parses here.
     try:
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.command not in HOST_ONLY:
+        # Multi-host jobs (explicit variables, SLURM, TPU pods) join before any device work;
+        # a single process is left alone.
+        from guard_jax import distributed
+        distributed.initialize()
     return int(importlib.import_module(args._module).main(args) or 0)
 
 
