@@ -1,0 +1,214 @@
+"""The grain loader: samples -> rendered, tokenised, image-preprocessed, static-shape batches.
+
+Pipeline: source -> this process's shard -> seeded shuffle (reshuffled every epoch) -> per
+sample: render the recipe's prompt, load and preprocess images, tokenize with loss mask ->
+drop (and count) bad samples in skip mode -> batches padded to the smallest configured length
+bucket that fits the batch -> optional worker processes. The iterator's state (get_state /
+set_state) is checkpointable, so a resumed run sees exactly the batches it would have seen.
+
+Batches are plain numpy dicts; model-specific index work (M-RoPE positions, vision windows)
+happens in the trainer, which keeps this package free of model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from data_pipeline.image_processing import PATCH_SIZE, preprocess_images
+from data_pipeline.prompts import render
+from data_pipeline.schema import Sample, SampleError
+from data_pipeline.tokenize import tokenize_rendered
+
+SKIP = "_skip"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    recipe: str
+    buckets: tuple[int, ...]  # sequence lengths; a batch pads to the smallest that fits it all
+    batch_size: int  # per process
+    images_per_sample: int = 1
+    min_pixels: int = 3136
+    max_pixels: int = 1003520
+    recipe_options: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = 1  # None = repeat forever
+    worker_count: int = 0
+    on_error: str = "fail"  # fail | skip
+    quarantine_path: str | None = None
+    shard_index: int = 0
+    shard_count: int = 1
+    pad_id: int = 151643
+
+    def __post_init__(self):
+        if not self.buckets or list(self.buckets) != sorted(set(self.buckets)):
+            raise ValueError(f"buckets must be increasing lengths, got {self.buckets}")
+        if self.on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error={self.on_error!r}; choose fail or skip")
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} outside 0..{self.shard_count - 1}")
+
+    @property
+    def max_patches(self) -> int:
+        """Patch budget per sample: every image at most max_pixels."""
+        return self.images_per_sample * (self.max_pixels // (PATCH_SIZE * PATCH_SIZE))
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)
+
+
+class ExampleTransform:
+    """Sample -> dict of numpy arrays (unpadded length; padding happens per batch)."""
+
+    def __init__(self, config: LoaderConfig, tokenizer_dir: str, image_root: str | None):
+        self.config, self.tokenizer_dir, self.image_root = config, tokenizer_dir, image_root
+        # Loaded here, not lazily: grain maps on reader threads, and transformers' lazy module
+        # import is not thread-safe.
+        self.tokenizer = _load_tokenizer(tokenizer_dir)
+
+    def __getstate__(self):  # worker processes load their own copy
+        d = dict(self.__dict__)
+        del d["tokenizer"]
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self.tokenizer = _load_tokenizer(self.tokenizer_dir)
+
+    def __call__(self, sample: Sample) -> dict[str, Any]:
+        try:
+            return self._example(sample)
+        except SampleError as e:
+            if self.config.on_error == "fail":
+                raise
+            self._quarantine(sample, e)
+            return {SKIP: e.reason}
+
+    def _quarantine(self, sample: Sample, e: SampleError) -> None:
+        path = self.config.quarantine_path
+        if not path:
+            return
+        line = {"source": sample.source, "record": sample.id, "field": e.field,
+                "reason": e.reason, "message": str(e)}
+        with open(f"{path}.shard{self.config.shard_index}", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def _load(self, sample: Sample, ref, k: int):
+        from PIL import Image
+        field = f"images[{k}]"
+        try:
+            if ref.data is not None:
+                im = Image.open(io.BytesIO(ref.data))
+            else:
+                root = self.image_root or ""
+                im = Image.open(os.path.join(root, ref.path))
+            im.load()
+            return im
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise SampleError("bad_image", f"cannot load image: {e}", file=ref.path,
+                              record=sample.id, field=field) from e
+
+    def _example(self, sample: Sample) -> dict[str, Any]:
+        c = self.config
+        try:
+            rendered = render(c.recipe, sample, **dict(c.recipe_options))
+        except SampleError:
+            raise
+        except ValueError as e:
+            raise SampleError("render", str(e), record=sample.id, field="user_text") from e
+        if len(rendered.images) > c.images_per_sample:
+            raise SampleError("too_many_images", f"{len(rendered.images)} images, the loader "
+                              f"allows {c.images_per_sample} per sample", record=sample.id,
+                              field="images")
+        images = [self._load(sample, ref, k) for k, ref in enumerate(rendered.images)]
+        try:
+            pv, grid = preprocess_images(images, min_pixels=c.min_pixels,
+                                         max_pixels=c.max_pixels)
+        except ValueError as e:
+            raise SampleError("bad_image", str(e), record=sample.id, field="images") from e
+        if len(pv) > c.max_patches:  # smart_resize may round a tiny image up past max_pixels
+            raise SampleError("too_many_patches", f"{len(pv)} image patches, more than the "
+                              f"budget {c.max_patches}", record=sample.id, field="images")
+        tok = tokenize_rendered(rendered, self.tokenizer, grid)
+        n = len(tok.input_ids)
+        if n > c.buckets[-1]:
+            raise SampleError("too_long", f"{n} tokens, more than the largest bucket "
+                              f"{c.buckets[-1]}", record=sample.id, field="input_ids")
+        if c.recipe and rendered.target is not None and tok.loss_mask.sum() == 0:
+            raise SampleError("empty_target", "no target tokens to learn", record=sample.id,
+                              field="target")
+        grids = np.zeros((c.images_per_sample, 3), np.int32)
+        grids[:len(grid)] = grid
+        return {"input_ids": tok.input_ids, "loss_mask": tok.loss_mask, "pixel_values": pv,
+                "image_grid_thw": grids, "num_images": np.int32(len(grid)),
+                "id": sample.id}
+
+
+def pad_batch(examples: Sequence[dict[str, Any]], config: LoaderConfig) -> dict[str, np.ndarray]:
+    """Stacks examples, right-padding tokens to the smallest bucket that fits the longest and
+    patches to the per-sample budget."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    length = next(b for b in config.buckets if b >= longest)
+    b = len(examples)
+    ids = np.full((b, length), config.pad_id, np.int32)
+    mask = np.zeros((b, length), np.int32)
+    loss = np.zeros((b, length), np.int32)
+    budget = config.max_patches
+    pv = np.zeros((b, budget, examples[0]["pixel_values"].shape[-1]), np.float32)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = e["input_ids"]
+        mask[i, :n] = 1
+        loss[i, :n] = e["loss_mask"]
+        p = e["pixel_values"]
+        pv[i, :len(p)] = p
+    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss, "pixel_values": pv,
+            "image_grid_thw": np.stack([e["image_grid_thw"] for e in examples]),
+            "num_images": np.asarray([e["num_images"] for e in examples], np.int32),
+            "ids": np.asarray([e["id"] for e in examples])}
+
+
+def make_loader(source, config: LoaderConfig, *, tokenizer_dir: str,
+                image_root: str | None = None):
+    """A grain iterator of padded batches (call .get_state() / .set_state() to checkpoint)."""
+    import grain
+
+    ds = grain.MapDataset.source(source)
+    if config.shard_count > 1:  # each process reads its own interleaved share
+        ds = ds[config.shard_index::config.shard_count]
+    if config.num_epochs != 1:
+        ds = ds.repeat(config.num_epochs)
+    if config.shuffle:
+        ds = ds.shuffle(seed=config.seed)  # over all epochs: a new order each epoch
+    transform = ExampleTransform(config, tokenizer_dir,
+                                 image_root or getattr(source, "image_root", None))
+    it = ds.map(transform).to_iter_dataset()
+    it = it.filter(lambda e: SKIP not in e)
+    it = it.batch(config.batch_size, drop_remainder=True,
+                  batch_fn=lambda exs: pad_batch(exs, config))
+    if config.worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+    return iter(it)
+
+
+def quarantine_summary(path: str) -> dict[str, int]:
+    """Skipped samples by reason, over every shard's quarantine file."""
+    counts: dict[str, int] = {}
+    folder, base = os.path.split(path)
+    for name in sorted(os.listdir(folder or ".")):
+        if name.startswith(os.path.basename(base) + ".shard"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                for line in f:
+                    reason = json.loads(line)["reason"]
+                    counts[reason] = counts.get(reason, 0) + 1
+    return counts
