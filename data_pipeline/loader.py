@@ -197,6 +197,9 @@ def make_loader(source, config: LoaderConfig, *, tokenizer_dir: str,
     it = it.batch(config.batch_size, drop_remainder=True,
                   batch_fn=lambda exs: pad_batch(exs, config))
     if config.worker_count > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # google/grain#1355: workers read absl flags
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
     return iter(it)
 

@@ -14,6 +14,10 @@ import importlib
 BENCHES = {
     "model": ("guard_jax.bench.model_bench",
               "Qwen2.5-VL train step: ours (JAX) vs transformers+torch, 7B compile time, MFU"),
+    "data": ("guard_jax.bench.data_bench",
+             "preprocess_images vs transformers' image processor; grain loader samples/s"),
+    "kernels": ("guard_jax.bench.kernels",
+                "cuDNN vs XLA attention (equality, speed) and train-step MFU on one device"),
 }
 
 
