@@ -36,6 +36,8 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=Non
         if kv_lengths is not None:
             kw = dict(query_seq_lengths=kv_lengths, key_value_seq_lengths=kv_lengths)
             mask = None
+        elif mask is not None:  # cuDNN takes a full [B, 1, T, S] mask (as a bias)
+            mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, scale=q.shape[-1] ** -0.5,
             implementation="cudnn", **kw)
