@@ -138,7 +138,16 @@ def measure_mfu(preset, seq_len, image_size, batch, remat, steps):
     flops = train_step_flops(c, seq_len, batch, grids)["train_step"]
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
-    return {"preset": preset, "seq_len": seq_len, "batch": batch, "image_size": image_size,
+    # where the time goes: forward loss alone, forward+backward, and the whole step
+    from flax import nnx
+    from guard_jax.training.train_step import next_token_loss
+    params = holder["state"]["params"]
+    dev_batch = {k: jax.device_put(v) for k, v in batch_arrays.items()}
+    fwd = jax.jit(lambda p, b: next_token_loss(nnx.merge(graphdef, p), b)[0])
+    grad = jax.jit(jax.grad(lambda p, b: next_token_loss(nnx.merge(graphdef, p), b)[0]))
+    fwd_s, _ = _time(lambda: fwd(params, dev_batch), steps)
+    grad_s, _ = _time(lambda: grad(params, dev_batch), steps)
+    return {"forward_loss_s": fwd_s, "forward_backward_s": grad_s,"preset": preset, "seq_len": seq_len, "batch": batch, "image_size": image_size,
             "remat": remat, "device": kind, "step_s": sec, "first_step_s": compile_s,
             "init_s": t_compile - t0, "model_tflops_per_step": flops / 1e12,
             "tokens_per_s": batch * seq_len / sec,

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--remat", choices=REMAT_POLICIES, default="none", help="our remat policy for (a) (none)")
     a("--threads", type=int, default=0,
       help="torch intra-op threads (default: the CPU cores this process may use)")
+    a("--interleave", action="store_true",
+      help="alternate our steps and torch's instead of timing one side after the other")
     a("--skip-torch", action="store_true", help="do not run the transformers+torch side of (a)")
     a("--skip-ours", action="store_true", help="do not run our side of (a)")
     a("--breakdown", action="store_true",
@@ -392,19 +394,35 @@ class TorchStep:
                 "torch_version": torch.__version__}
 
 
-def time_interleaved(runners: dict[str, Any], steps: int) -> dict[str, list[float]]:
-    """One warm-up step each, then `steps` rounds that run every runner once in turn, so that
-    anything else loading the machine weighs on both sides alike."""
-    names = " and ".join(runners)
+def time_steps(runners: dict[str, Any], steps: int, interleave: bool = False
+               ) -> dict[str, list[float]]:
+    """One warm-up step, then `steps` timed steps, for each runner.
+
+    By default one runner after the other (each in its own steady state: the other framework's
+    worker threads idle and its memory settled). With `interleave`, rounds that run every
+    runner once in turn, so a load that comes and goes weighs on both sides alike (but each
+    step then starts right after the other framework's)."""
     times: dict[str, list[float]] = {k: [] for k in runners}
-    with progress(f"{names}: 1 warm-up + {steps} timed steps each, interleaved"):
-        for r in runners.values():
-            r.step()
-        for _ in range(steps):
-            for k, r in runners.items():
-                t0 = time.perf_counter()
+
+    def timed(k, r):
+        t0 = time.perf_counter()
+        r.step()
+        times[k].append(time.perf_counter() - t0)
+
+    if interleave:
+        with progress(f"{' and '.join(runners)}: 1 warm-up + {steps} timed steps each, "
+                      "interleaved"):
+            for r in runners.values():
                 r.step()
-                times[k].append(time.perf_counter() - t0)
+            for _ in range(steps):
+                for k, r in runners.items():
+                    timed(k, r)
+        return times
+    for k, r in runners.items():
+        with progress(f"{k}: 1 warm-up + {steps} timed steps"):
+            r.step()
+            for _ in range(steps):
+                timed(k, r)
     return times
 
 
@@ -631,6 +649,7 @@ def main(args: argparse.Namespace) -> int:
         a: dict[str, Any] = {
             "config_size": args.config_size, "config": describe(c), "batch": args.batch,
             "seq_len": args.seq_len, "dtype": args.dtype, "remat": args.remat,
+            "interleaved": bool(args.interleave),
             "backend": jax.default_backend(),
             "image_tokens": int((inputs["input_ids"] == c.image_token_id).sum()),
             "patches": int(sum(t * h * w for t, h, w in grids)),
@@ -642,7 +661,7 @@ def main(args: argparse.Namespace) -> int:
             runners["ours"] = OursStep(c, inputs)
         if not args.skip_torch:
             runners["torch"] = TorchStep(c, inputs, threads)
-        times = time_interleaved(runners, args.steps)
+        times = time_steps(runners, args.steps, interleave=args.interleave)
         for k, r in runners.items():
             a[k] = {**r.info(), **summarize(times[k])}
         runners.clear()
