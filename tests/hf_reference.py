@@ -13,27 +13,7 @@ from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 
 def hf_config(c: Qwen25VLConfig) -> Qwen2_5_VLConfig:
     """transformers' nested config with every field given explicitly (class defaults differ)."""
-    d = c.to_hf_dict()
-    t, v = c.text, c.vision
-    text = {k: d[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                              "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
-                              "max_position_embeddings", "hidden_act", "vocab_size",
-                              "attention_dropout", "use_sliding_window", "max_window_layers",
-                              "bos_token_id", "eos_token_id") }
-    text["pad_token_id"] = d.get("pad_token_id")
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
-                               "mrope_section": list(t.mrope_section)}
-    vision = {"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size":
-              v.intermediate_size, "num_heads": v.num_heads, "in_channels": v.in_channels,
-              "patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size,
-              "spatial_merge_size": v.spatial_merge_size, "window_size": v.window_size,
-              "fullatt_block_indexes": list(v.fullatt_block_indexes),
-              "out_hidden_size": v.out_hidden_size, "tokens_per_second": v.tokens_per_second,
-              "hidden_act": v.hidden_act}
-    return Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=c.tie_word_embeddings,
-        image_token_id=c.image_token_id, video_token_id=c.video_token_id,
-        vision_start_token_id=c.vision_start_token_id, vision_end_token_id=c.vision_end_token_id)
+    return c.to_transformers()
 
 
 def build_hf_model(c: Qwen25VLConfig, seed: int = 0, scale: float = 0.02):

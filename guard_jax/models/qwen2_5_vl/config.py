@@ -241,6 +241,34 @@ class Qwen25VLConfig:
             out["pad_token_id"] = self.pad_token_id
         return out
 
+    def to_transformers(self):
+        """transformers' nested `Qwen2_5_VLConfig` with every field given explicitly (its class
+        defaults differ from the real models). Needs transformers (not torch)."""
+        from transformers import Qwen2_5_VLConfig
+        d = self.to_hf_dict()
+        t, v = self.text, self.vision
+        text = {k: d[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                  "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                                  "max_position_embeddings", "hidden_act", "vocab_size",
+                                  "attention_dropout", "use_sliding_window",
+                                  "max_window_layers", "bos_token_id", "eos_token_id")}
+        text["pad_token_id"] = d.get("pad_token_id")
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
+                                   "mrope_section": list(t.mrope_section)}
+        vision = {"depth": v.depth, "hidden_size": v.hidden_size,
+                  "intermediate_size": v.intermediate_size, "num_heads": v.num_heads,
+                  "in_channels": v.in_channels, "patch_size": v.patch_size,
+                  "temporal_patch_size": v.temporal_patch_size,
+                  "spatial_merge_size": v.spatial_merge_size, "window_size": v.window_size,
+                  "fullatt_block_indexes": list(v.fullatt_block_indexes),
+                  "out_hidden_size": v.out_hidden_size,
+                  "tokens_per_second": v.tokens_per_second, "hidden_act": v.hidden_act}
+        return Qwen2_5_VLConfig(
+            text_config=text, vision_config=vision, tie_word_embeddings=self.tie_word_embeddings,
+            image_token_id=self.image_token_id, video_token_id=self.video_token_id,
+            vision_start_token_id=self.vision_start_token_id,
+            vision_end_token_id=self.vision_end_token_id)
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "Qwen25VLConfig":
         cfg_path = os.path.join(path, "config.json")
