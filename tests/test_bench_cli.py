@@ -34,7 +34,7 @@ def test_bench_model_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = _parse(["model", "--config-size", "tiny", "--seq-len", "64", "--image-size", "56",
                    "--steps", "1", "--compile-config", "tiny", "--compile-seq-len", "64",
-                   "--compile-image-size", "56", "--mfu", "--json", str(out)])
+                   "--compile-image-size", "56", "--mfu", "--interleave", "--json", str(out)])
     assert main(args) == 0
     text = capsys.readouterr().out
     for needle in ("(a) forward+backward step", "ours (jax.jit)", "transformers+torch",
@@ -46,7 +46,7 @@ def test_bench_model_tiny(tmp_path, capsys):
     for side in ("ours", "torch"):
         assert a[side]["median_s"] > 0 and a[side]["min_s"] > 0 and len(a[side]["times_s"]) == 1
         assert a[side]["loss"] > 0
-    assert a["ours"]["compile_s"] > 0 and a["ratio"] > 0
+    assert a["ours"]["compile_s"] > 0 and a["ratio"] > 0 and a["interleaved"]
     # same random-init scale on both sides: the initial loss is about log(vocab) for both
     assert abs(a["ours"]["loss"] - a["torch"]["loss"]) < 0.5
     b = res["compile"]

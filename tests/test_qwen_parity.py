@@ -372,3 +372,15 @@ def test_image_token_count_mismatch_raises(tiny_pair):
     with pytest.raises(ValueError, match="pixel_values has shape"):
         ours(np.asarray([[3] + [c.image_token_id] * 4]), pixel_values=pv[:-1], image_grid_thw=grid)
 
+
+
+@pytest.mark.parametrize("full", [(0,), (0, 1), (), (1, 2)], ids=str)
+def test_irregular_full_attention_layouts(tmp_path_factory, full):
+    # the vision blocks run as one scan per run of same-kind blocks when full attention is not
+    # periodic (and as nested scans when it is): every layout must match transformers
+    c = tiny()
+    c = c.replace(vision=dataclasses.replace(c.vision, depth=3, fullatt_block_indexes=full))
+    hf, ours = _load_pair(c, tmp_path_factory, f"layout{len(full)}")
+    ids, pv, grid = worked_example(c)
+    compare(f"tiny two images, vision depth 3, full attention at {full}", ours, hf, ids, pv=pv,
+            grid=grid)

@@ -27,7 +27,8 @@ def _window_sizes(lh: int, vmw: int) -> list[int]:
     return [vmw] * full + ([rest] if rest else [])
 
 
-def vision_forward_flops(config: Qwen25VLConfig, grids: Sequence[Sequence[int]]) -> dict[str, float]:
+def vision_forward_flops(config: Qwen25VLConfig,
+                         grids: Sequence[Sequence[int]]) -> dict[str, float]:
     """Forward matmul FLOPs of the vision tower (patch embed, blocks, merger) for these images.
 
     grids: the image_grid_thw rows (t, h, w) in patches.

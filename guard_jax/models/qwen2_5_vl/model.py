@@ -85,6 +85,40 @@ class ParamGroup(nnx.Module):
 
 
 # ---------------------------------------------------------------------------- vision tower
+def run_vision_blocks(x, params, depth, full_indexes, windowed, full):
+    """Runs the stacked vision blocks without a per-block branch (a `lax.cond` in the scan
+    would keep both branches' buffers for every block).
+
+    When full-attention blocks recur with a period p (every p-th block, as the published
+    7, 15, 23, 31), an outer scan over the depth/p groups runs p-1 windowed blocks (inner scan)
+    then one full block: two loop bodies, whatever the depth. Otherwise each run of consecutive
+    blocks of one kind is its own scan."""
+    full_set = sorted(set(full_indexes))
+    p = full_set[0] + 1 if full_set else 0
+    periodic = (p > 1 and depth % p == 0
+                and full_set == list(range(p - 1, depth, p)))
+    if periodic:
+        groups = jax.tree.map(lambda a: a.reshape((depth // p, p) + a.shape[1:]), params)
+
+        def group(x, gp):
+            x, _ = jax.lax.scan(windowed, x, jax.tree.map(lambda a: a[:p - 1], gp))
+            x, _ = full(x, jax.tree.map(lambda a: a[p - 1], gp))
+            return x, None
+
+        x, _ = jax.lax.scan(group, x, groups)
+        return x
+    kinds = [i in full_set for i in range(depth)]
+    start = 0
+    while start < depth:
+        end = start
+        while end < depth and kinds[end] == kinds[start]:
+            end += 1
+        body = full if kinds[start] else windowed
+        x, _ = jax.lax.scan(body, x, jax.tree.map(lambda a, s=start, e=end: a[s:e], params))
+        start = end
+    return x
+
+
 class VisionTower(nnx.Module):
     def __init__(self, config: Qwen25VLConfig, *, rngs: nnx.Rngs | None, np_rng=None):
         self.config = config
@@ -118,30 +152,28 @@ class VisionTower(nnx.Module):
         ang = jnp.concatenate([ang, ang], axis=-1)[:, None, :]  # [N, 1, hd]
         cos, sin = jnp.cos(ang), jnp.sin(ang)
 
-        is_full = np.zeros((vc.depth,), bool)
-        is_full[list(vc.fullatt_block_indexes)] = True
         impl = self.config.attention_impl
 
-        def block(x, p):
-            p, full = p
-            p = _cast(p, dtype)
-            h = rms_norm(x, p["norm1"], VISION_NORM_EPS)
-            qkv = jnp.einsum("nd,dchk->nchk", h, p["qkv"]) + p["qkv_bias"]
-            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-            q = (q.astype(jnp.float32) * cos + rotate_half(q.astype(jnp.float32)) * sin).astype(dtype)
-            k = (k.astype(jnp.float32) * cos + rotate_half(k.astype(jnp.float32)) * sin).astype(dtype)
-            # one scan over all blocks; the block kind picks the grouping (both are compiled once)
-            a = jax.lax.cond(full, lambda: grouped_attention(q, k, v, full_idx, impl=impl),
-                             lambda: grouped_attention(q, k, v, win_idx, impl=impl))
-            x = x + jnp.einsum("nhk,hkd->nd", a, p["proj"]) + p["proj_bias"]
-            h = rms_norm(x, p["norm2"], VISION_NORM_EPS)
-            g = h @ p["gate"] + p["gate_bias"]
-            u = h @ p["up"] + p["up_bias"]
-            x = x + (jax.nn.silu(g) * u) @ p["down"] + p["down_bias"]
-            return x, None
+        def make_block(idx):
+            def block(x, p):
+                p = _cast(p, dtype)
+                h = rms_norm(x, p["norm1"], VISION_NORM_EPS)
+                qkv = jnp.einsum("nd,dchk->nchk", h, p["qkv"]) + p["qkv_bias"]
+                q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+                q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
+                q = (q32 * cos + rotate_half(q32) * sin).astype(dtype)
+                k = (k32 * cos + rotate_half(k32) * sin).astype(dtype)
+                a = grouped_attention(q, k, v, idx, impl=impl)
+                x = x + jnp.einsum("nhk,hkd->nd", a, p["proj"]) + p["proj_bias"]
+                h = rms_norm(x, p["norm2"], VISION_NORM_EPS)
+                g = h @ p["gate"] + p["gate_bias"]
+                u = h @ p["up"] + p["up_bias"]
+                x = x + (jax.nn.silu(g) * u) @ p["down"] + p["down_bias"]
+                return x, None
+            return _remat(block, self.config.remat)
 
-        block = _remat(block, self.config.remat)
-        x, _ = jax.lax.scan(block, x, (self.blocks.arrays(), jnp.asarray(is_full)))
+        x = run_vision_blocks(x, self.blocks.arrays(), vc.depth, vc.fullatt_block_indexes,
+                              make_block(win_idx), make_block(full_idx))
 
         m = _cast(self.merger.arrays(), dtype)
         y = rms_norm(x, m["ln_q"], VISION_NORM_EPS)
