@@ -87,15 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- configs / inputs
 def small_config(**overrides) -> Qwen25VLConfig:
     """The side-by-side config: a real vocabulary and the real layer types, few and narrow."""
-    return Qwen25VLConfig(
-        text=TextConfig(vocab_size=151936, hidden_size=512, intermediate_size=1536,
-                        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-                        mrope_section=(8, 12, 12)),
-        vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=512, num_heads=4,
-                            fullatt_block_indexes=(1, 3), window_size=112, out_hidden_size=512),
-        tie_word_embeddings=True,
-        **overrides,
-    )
+    from guard_jax.models.qwen2_5_vl.config import small
+    return small(**overrides)
 
 
 def make_config(size: str, dtype: str = "float32", remat: str = "none",
@@ -329,32 +322,6 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------------------- transformers+torch
-def hf_config(c: Qwen25VLConfig):
-    """transformers' nested config with every field explicit (tests/hf_reference.hf_config)."""
-    from transformers import Qwen2_5_VLConfig
-    d = c.to_hf_dict()
-    t, v = c.text, c.vision
-    text = {k: d[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                              "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
-                              "max_position_embeddings", "hidden_act", "vocab_size",
-                              "attention_dropout", "use_sliding_window", "max_window_layers",
-                              "bos_token_id", "eos_token_id")}
-    text["pad_token_id"] = d.get("pad_token_id")
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": t.rope_theta,
-                               "mrope_section": list(t.mrope_section)}
-    vision = {"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size":
-              v.intermediate_size, "num_heads": v.num_heads, "in_channels": v.in_channels,
-              "patch_size": v.patch_size, "temporal_patch_size": v.temporal_patch_size,
-              "spatial_merge_size": v.spatial_merge_size, "window_size": v.window_size,
-              "fullatt_block_indexes": list(v.fullatt_block_indexes),
-              "out_hidden_size": v.out_hidden_size, "tokens_per_second": v.tokens_per_second,
-              "hidden_act": v.hidden_act}
-    return Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=c.tie_word_embeddings,
-        image_token_id=c.image_token_id, video_token_id=c.video_token_id,
-        vision_start_token_id=c.vision_start_token_id, vision_end_token_id=c.vision_end_token_id)
-
-
 class TorchStep:
     """transformers' Qwen2_5_VLForConditionalGeneration in train mode: `step()` zeroes the
     grads, runs forward with labels=input_ids (its own shifted mean cross-entropy) and
@@ -369,7 +336,7 @@ class TorchStep:
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[c.param_dtype]
         with progress("torch: building the transformers model"):
             torch.manual_seed(seed)
-            self.model = Qwen2_5_VLForConditionalGeneration(hf_config(c)).to(tdtype).train()
+            self.model = Qwen2_5_VLForConditionalGeneration(c.to_transformers()).to(tdtype).train()
         ids = torch.as_tensor(inputs["input_ids"], dtype=torch.long)
         kw = {"input_ids": ids, "labels": ids,
               "attention_mask": torch.as_tensor(inputs["attention_mask"], dtype=torch.long),
