@@ -3,8 +3,9 @@
 `xla` is the reference path (scores and softmax in float32, as transformers' eager attention);
 long query sequences are processed in checkpointed query chunks, so memory stays
 O(chunk x keys) in the forward and the backward pass. `cudnn` is cuDNN flash attention through
-`jax.nn.dot_product_attention` on GPUs. `auto` picks cuDNN on a GPU for half-precision inputs
-and XLA elsewhere.
+`jax.nn.dot_product_attention` on GPUs; `splash` is the Pallas splash-attention kernel on TPUs
+(`splash_interpret` runs it in interpret mode anywhere, for tests). `auto` picks cuDNN on a GPU
+for half-precision inputs, splash on a TPU, and XLA elsewhere.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ QUERY_CHUNK = 1024  # queries per chunk on the XLA path, for sequences longer th
 def resolve_impl(impl: str, dtype) -> str:
     if impl != "auto":
         return impl
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    backend = jax.default_backend()
+    if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
+    if backend == "tpu":
+        return "splash"
     return "xla"
 
 
@@ -41,6 +45,12 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=Non
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, scale=q.shape[-1] ** -0.5,
             implementation="cudnn", **kw)
+    if impl in ("splash", "splash_interpret"):
+        if q.shape[1] != k.shape[1]:  # decode steps (queries shorter than keys) stay on XLA
+            return dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                         kv_lengths=kv_lengths, impl="xla")
+        return _splash(q, k, v, mask, is_causal, kv_lengths,
+                       interpret=impl == "splash_interpret")
     if impl != "xla":
         raise ValueError(f"unknown attention implementation {impl!r}")
     if kv_lengths is not None:
@@ -62,6 +72,51 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=Non
     out = jax.lax.map(chunk, (jnp.arange(n_chunks), qc))
     out = jnp.moveaxis(out, 0, 1).reshape(q.shape[0], n_chunks * QUERY_CHUNK, *q.shape[2:])
     return out[:, :t]
+
+
+SPLASH_BLOCK = 128
+
+
+def _splash(q, k, v, mask, is_causal, kv_lengths, *, interpret=False):
+    """TPU splash attention (Pallas). Padding becomes segment ids (valid 1, padding 0); the
+    sequence is padded to a multiple of the block size; GQA runs the MQA kernel per KV head.
+    `interpret=True` runs the same kernel on any backend (tests)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, n, d = q.shape
+    kvh = k.shape[2]
+    g = n // kvh
+    tp = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK
+    valid = jnp.ones((b, t), bool)
+    if mask is not None:
+        valid = valid & jnp.broadcast_to(mask, (b, 1, 1, t))[:, 0, 0, :]
+    if kv_lengths is not None:
+        valid = valid & (jnp.arange(t)[None, :] < kv_lengths[:, None])
+    seg = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, tp - t)))
+
+    def pad(x):
+        return jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+
+    qh = jnp.transpose(pad(q * (d ** -0.5)), (0, 2, 1, 3)).reshape(b, kvh, g, tp, d)
+    kh = jnp.transpose(pad(k), (0, 2, 1, 3))  # [b, kvh, tp, d]
+    vh = jnp.transpose(pad(v), (0, 2, 1, 3))
+    shape = (tp, tp)
+    head_mask = sm.CausalMask(shape) if is_causal else sm.FullMask(shape)
+    blocks = sk.BlockSizes(block_q=SPLASH_BLOCK, block_kv=SPLASH_BLOCK,
+                           block_kv_compute=SPLASH_BLOCK, block_q_dkv=SPLASH_BLOCK,
+                           block_kv_dkv=SPLASH_BLOCK, block_kv_dkv_compute=SPLASH_BLOCK,
+                           block_q_dq=SPLASH_BLOCK, block_kv_dq=SPLASH_BLOCK)
+    kernel = sk.make_splash_mqa_single_device(sm.MultiHeadMask([head_mask] * g),
+                                              block_sizes=blocks, interpret=interpret)
+
+    def one(qb, kb, vb, sb):  # one sample: qb [kvh, g, tp, d], kb/vb [kvh, tp, d]
+        ids = sk.SegmentIds(q=sb, kv=sb)
+        return jax.vmap(lambda qq, kk, vv: kernel(qq, kk, vv, segment_ids=ids))(qb, kb, vb)
+
+    out = jax.vmap(one)(qh, kh, vh, seg)  # [b, kvh, g, tp, d]
+    out = out.reshape(b, n, tp, d)[:, :, :t]
+    return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 
 def _xla_attention(q, k, v, mask, is_causal, q_offset, total_q=None):

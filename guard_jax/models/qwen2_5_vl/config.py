@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
 
 @dataclasses.dataclass(frozen=True)
