@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="config for --mfu (3b)")
     a("--mfu-attention", choices=("auto", "xla", "cudnn"), default="auto",
       help="attention kernel for --mfu (auto: cuDNN on a GPU in bf16)")
+    a("--mfu-profile", metavar="DIR", default=None,
+      help="also trace 3 steps with jax.profiler into DIR (Perfetto trace)")
     a("--mfu-padding-mask", action="store_true",
       help="feed the (all-ones) padding mask to the --mfu step instead of none")
     a("--xla-flags", default="",
@@ -463,7 +465,8 @@ def device_init(c: Qwen25VLConfig, seed: int = 0):
 
 
 def run_mfu(c: Qwen25VLConfig, seq_len: int, image_size: int, steps: int,
-            seed: int = 0, keep_padding_mask: bool = False) -> dict[str, Any]:
+            seed: int = 0, keep_padding_mask: bool = False,
+            profile_dir: str | None = None) -> dict[str, Any]:
     """The project's full train step (forward + backward + AdamW) on one device; step time,
     tokens/s and MFU against the device's peak bf16 FLOP/s."""
     import jax
@@ -505,6 +508,11 @@ def run_mfu(c: Qwen25VLConfig, seq_len: int, image_size: int, steps: int,
             state, metrics = compiled(state, batch)
             jax.block_until_ready((state, metrics))
             times.append(time.perf_counter() - t0)
+    if profile_dir:  # 3 more steps under the profiler (a Perfetto trace for ui.perfetto.dev)
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for _ in range(3):
+                state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
     s = summarize(times)
     fl = flops_lib.train_step_flops(c, seq_len, 1, grids_of(inputs))
     out = {"device_kind": kind, "peak_flops": peak, "seq_len": seq_len,
@@ -663,7 +671,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"(c) {args.mfu_config} config: {describe(c)}", file=sys.stderr)
             res["mfu"] = {"config_size": args.mfu_config,
                           **run_mfu(c, args.mfu_seq_len, args.image_size, args.mfu_steps,
-                                    keep_padding_mask=args.mfu_padding_mask)}
+                                    keep_padding_mask=args.mfu_padding_mask,
+                                    profile_dir=args.mfu_profile)}
 
     print(report(res), end="")
     if args.json:
