@@ -72,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--mfu-remat", choices=REMAT_POLICIES, default="dots_no_batch",
       help="remat for --mfu (dots_no_batch: 'none' runs out of memory for the 3B at 4096 "
            "tokens with AdamW state on an 80 GB H100)")
+    a("--mfu-scan-unroll", type=int, default=1,
+      help="decoder layers per scan iteration for --mfu (Qwen25VLConfig.scan_unroll)")
     a("--mfu-config", choices=("3b", "7b", "small", "tiny"), default="3b",
       help="config for --mfu (3b)")
     a("--mfu-attention", choices=("auto", "xla", "cudnn"), default="auto",
@@ -668,6 +670,7 @@ def main(args: argparse.Namespace) -> int:
             res["mfu"] = {"skipped": f"no GPU/TPU (backend {jax.default_backend()})"}
         else:
             c = make_config(args.mfu_config, "bfloat16", args.mfu_remat, args.mfu_attention)
+            c = c.replace(scan_unroll=args.mfu_scan_unroll)
             print(f"(c) {args.mfu_config} config: {describe(c)}", file=sys.stderr)
             res["mfu"] = {"config_size": args.mfu_config,
                           **run_mfu(c, args.mfu_seq_len, args.image_size, args.mfu_steps,

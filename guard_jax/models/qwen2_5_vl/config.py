@@ -96,6 +96,7 @@ class Qwen25VLConfig:
     dtype: str = "bfloat16"
     remat: str = "none"
     attention_impl: str = "auto"
+    scan_unroll: int = 1  # decoder layers per scan iteration (compile time grows with it)
 
     def __post_init__(self):
         _validate(self)
@@ -302,6 +303,8 @@ def _validate(c: Qwen25VLConfig) -> None:
     bad = [i for i in v.fullatt_block_indexes if not 0 <= i < v.depth]
     if bad:
         errs.append(f"vision.fullatt_block_indexes {bad} are outside 0..{v.depth - 1}")
+    if c.scan_unroll < 1:
+        errs.append(f"scan_unroll={c.scan_unroll}; must be >= 1")
     if c.remat not in REMAT_POLICIES:
         errs.append(f"remat={c.remat!r}; choose one of {REMAT_POLICIES}")
     if c.attention_impl not in ATTENTION_IMPLS:

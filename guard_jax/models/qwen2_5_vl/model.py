@@ -243,7 +243,7 @@ class TextModel(nnx.Module):
 
         layer = _remat(layer, self.config.remat)
         x = shard_activation(x, ACT_BLE)
-        x, _ = jax.lax.scan(layer, x, self.layers.arrays())
+        x, _ = jax.lax.scan(layer, x, self.layers.arrays(), unroll=self.config.scan_unroll)
         return rms_norm(x, self.norm[...], eps)
 
     def logits(self, h):
