@@ -7,8 +7,10 @@ the merge-block-major patch layout with the frame repeated over the temporal pat
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -115,15 +117,23 @@ def preprocess_images(images, *, min_pixels: int = DEFAULT_MIN_PIXELS,
     """
     if isinstance(images, Image.Image):
         images = [images]
-    patches, grids = [], []
-    for i, image in enumerate(images):
+    images = list(images)
+
+    def one(item):
+        i, image = item
         try:
-            p, g = preprocess_image(image, min_pixels=min_pixels, max_pixels=max_pixels)
+            return preprocess_image(image, min_pixels=min_pixels, max_pixels=max_pixels)
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from e
-        patches.append(p)
-        grids.append(g)
-    if not patches:
+
+    if len(images) > 1 and (os.cpu_count() or 1) > 1:
+        # PIL's resize and numpy's table lookups release the GIL: images run in parallel.
+        with concurrent.futures.ThreadPoolExecutor(min(len(images), os.cpu_count())) as pool:
+            results = list(pool.map(one, enumerate(images)))
+    else:
+        results = [one(item) for item in enumerate(images)]
+    if not results:
         return np.zeros((0, 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE**2), np.float32), np.zeros(
             (0, 3), np.int64)
-    return np.concatenate(patches, axis=0), np.asarray(grids, np.int64)
+    return (np.concatenate([p for p, _ in results], axis=0),
+            np.asarray([g for _, g in results], np.int64))
