@@ -44,6 +44,7 @@ def base_config() -> ConfigDict:
     c.optim = ConfigDict(dict(
         name="adamw", lr=1e-5, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
         warmup_steps=0, schedule="cosine", mu_dtype="",  # "" = the parameters' dtype
+        freeze="",  # regex over parameter paths (e.g. "^visual\\.") that stay fixed
     ))
     c.grpo = ConfigDict(dict(
         num_generations=8,  # G
