@@ -239,14 +239,15 @@ def split_images_by_sample(input_ids, image_grid_thw, config: Qwen25VLConfig,
 
 def vision_batch(pixel_values, image_grid_thw, images_per_sample: list[list[int]],
                  config: Qwen25VLConfig, *, patches: int | None = None,
-                 windows: int | None = None, frames: int | None = None) -> dict[str, np.ndarray]:
+                 windows: int | None = None, frames: int | None = None,
+                 frame_patches: int | None = None) -> dict[str, np.ndarray]:
     """Batch-major vision inputs: each sample's patches in its own row, so the tower shards
     over the batch like everything else.
 
     pixel_values [B, P, C*T*P*P] (zeros past a sample's patches), pos_hw [B, P, 2],
     win_idx [B, W, S] and full_idx [B, F, Pf] with indices into the sample's row, padded with P.
-    `patches`, `windows`, `frames` fix P, W and F (static-shape buckets); by default the
-    largest sample decides."""
+    `patches`, `windows`, `frames`, `frame_patches` fix P, W, F and Pf (static-shape buckets);
+    by default the largest sample decides."""
     pv = np.asarray(pixel_values)
     grid = _as_grid(image_grid_thw)
     sizes = np.prod(grid, axis=1)
@@ -263,6 +264,11 @@ def vision_batch(pixel_values, image_grid_thw, images_per_sample: list[list[int]
     pf_max = max([x["full_idx"].shape[1] for x in per if x is not None] + [1])
     w_max = w_max if windows is None else windows
     f_max = f_max if frames is None else frames
+    if frame_patches is not None:
+        if frame_patches < pf_max:
+            raise ValueError(f"a frame has {pf_max} patches, more than frame_patches "
+                             f"{frame_patches}")
+        pf_max = frame_patches
     b = len(images_per_sample)
     out = {"pixel_values": np.zeros((b, p_max, pv.shape[-1]), pv.dtype),
            "pos_hw": np.zeros((b, p_max, 2), np.int32),
