@@ -9,6 +9,7 @@ import sys
 # name -> (module, help). Each module defines `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS = {
     "demo": ("guard_jax.demo", "the main job on its tiny embedded default, end to end on the CPU"),
+    "train": ("guard_jax.train_cli", "train (SFT) from a config; resumes from the workdir"),
     "bench": ("guard_jax.bench", "side-by-side performance ratios against a named peer"),
     "data": ("guard_jax.data_cli", "convert raw guard datasets to ArrayRecord (data build/list)"),
     "plan": ("guard_jax.plan", "per-device memory of a config on a target chip, and whether it fits"),

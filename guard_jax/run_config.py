@@ -21,7 +21,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.trainer = "sft"
     c.model = ConfigDict(dict(
-        preset="tiny",  # tiny | small | 3b | 7b: the architecture when no hf_dir is given
+        preset="tiny",  # tiny | tiny_qwen | small | 3b | 7b: the architecture without hf_dir
         hf_dir="",  # an HF directory to start from (its config.json wins over preset)
         param_dtype="float32",
         dtype="bfloat16",  # compute dtype
@@ -30,6 +30,14 @@ def base_config() -> ConfigDict:
     ))
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.data = ConfigDict(dict(
+        path="",  # a dataset built by `guard-jax data build` (its --out folder)
+        split="train",
+        recipe="guardreasoner_vl",  # prompt renderer (data_pipeline.prompts.RECIPES)
+        recipe_mode="sft",
+        tokenizer_dir="",  # default: model.hf_dir
+        buckets="",  # comma-separated sequence lengths; default: seq_len only
+        worker_count=0,
+        on_error="fail",  # fail | skip (skipped samples go to WORKDIR/quarantine.jsonl)
         seq_len=2048,  # tokens per training sequence (static shape)
         images_per_sample=1,
         min_pixels=3136,
@@ -38,8 +46,11 @@ def base_config() -> ConfigDict:
     c.train = ConfigDict(dict(
         global_batch=8,  # sequences per optimizer step
         micro_batch=8,  # sequences per forward/backward (gradient accumulation = global/micro)
-        steps=100,
+        steps=100,  # optimizer updates
         seed=0,
+        log_every=10,
+        checkpoint_every=100,  # optimizer updates between checkpoints
+        keep_checkpoints=3,
     ))
     c.optim = ConfigDict(dict(
         name="adamw", lr=1e-5, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
@@ -137,8 +148,9 @@ def validate(c: ConfigDict) -> None:
     if c.train.global_batch % c.train.micro_batch:
         errs.append(f"train.global_batch {c.train.global_batch} is not a multiple of "
                     f"train.micro_batch {c.train.micro_batch}")
-    if not c.model.hf_dir and c.model.preset not in ("tiny", "small", "3b", "7b"):
-        errs.append(f"model.preset={c.model.preset!r}; choose tiny, small, 3b or 7b, or set "
+    from guard_jax.models.qwen2_5_vl.config import PRESETS
+    if not c.model.hf_dir and c.model.preset not in PRESETS:
+        errs.append(f"model.preset={c.model.preset!r}; choose one of {sorted(PRESETS)}, or set "
                     "model.hf_dir")
     if c.grpo.prompts_per_step % c.grpo.rollout_chunk_prompts:
         errs.append("grpo.prompts_per_step must be a multiple of grpo.rollout_chunk_prompts")

@@ -368,4 +368,15 @@ def small(**overrides) -> Qwen25VLConfig:
     ).replace(**overrides)
 
 
-PRESETS = {"3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "tiny": tiny, "small": small}
+def tiny_qwen(**overrides) -> Qwen25VLConfig:
+    """`tiny` with the real Qwen2.5 vocabulary size and special-token ids, for CPU smoke runs
+    and tests that tokenize with the real tokenizer."""
+    t = tiny()
+    return t.replace(
+        text=dataclasses.replace(t.text, vocab_size=151936), image_token_id=151655,
+        video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        vision_token_id=151654, bos_token_id=151643, eos_token_id=151645).replace(**overrides)
+
+
+PRESETS = {"3b": qwen2_5_vl_3b, "7b": qwen2_5_vl_7b, "tiny": tiny, "tiny_qwen": tiny_qwen,
+           "small": small}

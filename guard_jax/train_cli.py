@@ -1,0 +1,27 @@
+"""`guard-jax train --config configs/X.py [--config.a.b=v ...] --workdir DIR`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="a run config file (configs/*.py)")
+    p.add_argument("--workdir", required=True,
+                   help="checkpoints, metrics and logs; a run resumes when it holds a checkpoint")
+    p.set_defaults(overrides=[])  # --config.a.b=value arguments land here (see cli.py)
+
+
+def main(args) -> int:
+    import json
+    import logging
+
+    from guard_jax.run_config import load_config
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run = load_config(args.config, args.overrides)  # validated before any device work
+    if run.trainer != "sft":
+        raise SystemExit(f"trainer {run.trainer!r}: this version of guard-jax trains 'sft' only")
+    from guard_jax.training.sft import train
+    result = train(run, args.workdir)
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,131 @@
+"""Supervised fine-tuning: the loop that wires loader, model, optimizer, checkpoints, metrics.
+
+One iteration = one micro-batch; `optax.MultiSteps` turns train.global_batch / micro_batch
+micro-batches into one update. Resumes from the newest checkpoint in the workdir (parameters,
+optimizer, step and the loader's position); on SIGTERM it saves and returns; a NaN/inf loss stops
+the run before anything non-finite is checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+def _buckets(run) -> tuple[int, ...]:
+    if not run.data.buckets:
+        return (run.data.seq_len,)
+    out = tuple(sorted(int(x) for x in str(run.data.buckets).split(",") if x.strip()))
+    if out[-1] > run.data.seq_len:
+        raise ValueError(f"data.buckets {out} exceed data.seq_len {run.data.seq_len}")
+    return out
+
+
+def build_loader(run, model_config, *, tokenizer_dir: str):
+    from data_pipeline.build import open_source
+    from data_pipeline.loader import LoaderConfig, make_loader
+
+    if not run.data.path:
+        raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
+                         "build` (--config.data.path=DIR)")
+    n_proc, pid = jax.process_count(), jax.process_index()
+    if run.train.micro_batch % n_proc:
+        raise ValueError(f"train.micro_batch {run.train.micro_batch} does not split over "
+                         f"{n_proc} processes")
+    cfg = LoaderConfig(
+        recipe=run.data.recipe, recipe_options=(("mode", run.data.recipe_mode),),
+        buckets=_buckets(run), batch_size=run.train.micro_batch // n_proc,
+        images_per_sample=run.data.images_per_sample, min_pixels=run.data.min_pixels,
+        max_pixels=run.data.max_pixels, seed=run.train.seed, num_epochs=None,
+        worker_count=run.data.worker_count, on_error=run.data.on_error,
+        quarantine_path=os.path.join(run.workdir, "quarantine.jsonl"),
+        shard_index=pid, shard_count=n_proc, pad_id=model_config.generation_pad_id)
+    return make_loader(open_source(run.data.path, run.data.split), cfg,
+                       tokenizer_dir=tokenizer_dir)
+
+
+def train(run, workdir: str) -> dict:
+    """Runs (or resumes) the SFT job `run` (a locked run config) in `workdir`."""
+    from guard_jax.models.qwen2_5_vl import init_model, load_hf
+    from guard_jax.run_config import model_config
+    from guard_jax.sharding import make_mesh
+    from guard_jax.training import checkpoint as ckpt_lib
+    from guard_jax.training.batch import to_model_batch
+    from guard_jax.training.metrics import MetricsWriter, StepTimer, check_finite
+    from guard_jax.training.optim import make_optimizer
+    from guard_jax.training.train_step import init_train_state, make_train_step
+
+    os.makedirs(workdir, exist_ok=True)
+    run.unlock()
+    run.workdir = workdir
+    run.lock()
+    mc = model_config(run)
+    mesh = make_mesh(dict(run.mesh))
+    tokenizer_dir = run.data.tokenizer_dir or run.model.hf_dir
+    if not tokenizer_dir:
+        raise ValueError("no tokenizer: set data.tokenizer_dir (or model.hf_dir)")
+    accum = run.train.global_batch // run.train.micro_batch
+    total_micro = run.train.steps * accum
+
+    if run.model.hf_dir:
+        model = load_hf(run.model.hf_dir, dtype=mc.param_dtype, compute_dtype=mc.dtype,
+                        mesh=mesh, remat=mc.remat, attention_impl=mc.attention_impl)
+    else:
+        model = init_model(mc, seed=run.train.seed, mesh=mesh)
+    from flax import nnx
+    _, params = nnx.split(model, nnx.Param)
+    tx, schedule = make_optimizer(run.optim, total_steps=run.train.steps, accumulation=accum,
+                                  params=params)
+    graphdef, state = init_train_state(model, tx, mesh)
+    del model, params
+    loader = build_loader(run, mc, tokenizer_dir=tokenizer_dir)
+
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=run.train.keep_checkpoints,
+                                 every_steps=run.train.checkpoint_every * accum,
+                                 config=json.loads(run.to_json()), seed=run.train.seed)
+    ckpt_lib.install_sigterm_handler()
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        if meta.get("data_state") is not None:
+            loader.set_state(meta["data_state"])
+        start = int(meta["step"])
+        log.info("resumed from step %d", start)
+    step_fn = make_train_step(graphdef, tx, mesh=mesh, state=state)
+    writer = MetricsWriter(workdir, process_index=jax.process_index(),
+                           total_steps=total_micro, initial_step=start)
+    timer = StepTimer()
+    last = {}
+    try:
+        for micro in range(start, total_micro):
+            batch = to_model_batch(next(loader), mc)
+            state, metrics = step_fn(state, batch)
+            done = micro + 1
+            if done % run.train.log_every == 0 or done == total_micro:
+                metrics = {k: float(v) for k, v in metrics.items()}
+                check_finite(done, metrics)
+                update = done // accum
+                metrics.update(lr=float(schedule(max(update - 1, 0))),
+                               **timer.step(int(batch["attention_mask"].sum()) *
+                                            run.train.log_every))
+                writer.write(done, metrics)
+                last = metrics
+            save_due = (done % ckpt.every_steps == 0 or done == total_micro
+                         or ckpt_lib.preempted())
+            if save_due:  # never checkpoint a non-finite state
+                check_finite(done, {"loss": float(metrics["loss"])})
+            if ckpt.maybe_save(done, state, data_state=loader.get_state(),
+                               force=done == total_micro):
+                log.warning("preempted: saved step %d, exiting", done)
+                break
+    finally:
+        ckpt.close()
+        writer.close()
+        if hasattr(loader, "close"):
+            loader.close()
+    return {"step": int(state["step"]), **last}
