@@ -48,7 +48,7 @@ def _run(dataset, workdir, steps, **extra):
                  "data.tokenizer_dir": tok, "data.seq_len": 384, "data.max_pixels": 84 * 84,
                  "train.global_batch": 4, "train.micro_batch": 2, "train.steps": steps,
                  "train.log_every": 1, "train.checkpoint_every": 1, "optim.lr": 1e-3,
-                 "optim.schedule": "constant", "mesh.data": 2, "mesh.fsdp": -1, "mesh.tensor": 1,
+                 "optim.schedule": "constant", "mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": 1,
                  **extra}
     run = load_config(CONFIG, [f"--config.{k}={v}" for k, v in overrides.items()])
     return train(run, str(workdir))
