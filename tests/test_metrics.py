@@ -85,16 +85,6 @@ def test_tensorboard_scalars_read_back(tmp_path):
         np.testing.assert_allclose([v for _, v in points], [float(m[tag]) for m in STEPS.values()], rtol=1e-6)
 
 
-def test_tensorboard_event_accumulator(tmp_path):
-    ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    _write_all(tmp_path, progress=False)
-    acc = ea_mod.EventAccumulator(str(tmp_path / "tensorboard"))
-    acc.Reload()
-    events = acc.Scalars("loss")
-    assert [e.step for e in events] == list(STEPS)
-    np.testing.assert_allclose([e.value for e in events], [2.5, 1.5, 0.5])
-
-
 def test_nonzero_process_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
     _write_all(workdir, process_index=1)
