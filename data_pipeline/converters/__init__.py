@@ -33,7 +33,7 @@ def get_converter(name: str) -> Callable:
 
 
 def converter_options(name: str) -> dict[str, object]:
-    """The converter's own options (beyond source_path/root/images) and their defaults."""
+    """The converter's own options (beyond source_path, root and images) and their defaults."""
     sig = inspect.signature(get_converter(name))
     return {k: p.default for k, p in sig.parameters.items() if k not in _COMMON}
 
