@@ -10,6 +10,8 @@ import sys
 COMMANDS = {
     "demo": ("guard_jax.demo", "the main job on its tiny embedded default, end to end on the CPU"),
     "train": ("guard_jax.train_cli", "train (SFT) from a config; resumes from the workdir"),
+    "export": ("guard_jax.export_cli", "write a training checkpoint as an HF directory"),
+    "import": ("guard_jax.import_cli", "write an HF directory as a training checkpoint (step 0)"),
     "bench": ("guard_jax.bench", "side-by-side performance ratios against a named peer"),
     "data": ("guard_jax.data_cli", "convert raw guard datasets to ArrayRecord (data build/list)"),
     "plan": ("guard_jax.plan", "per-device memory of a config on a target chip, and whether it fits"),

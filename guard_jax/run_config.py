@@ -20,6 +20,7 @@ def base_config() -> ConfigDict:
     """Every key a run may set, with its default. Recipe configs change values, not keys."""
     c = ConfigDict()
     c.trainer = "sft"
+    c.workdir = ""  # set by `guard-jax train --workdir` (recorded in checkpoints)
     c.model = ConfigDict(dict(
         preset="tiny",  # tiny | tiny_qwen | small | 3b | 7b: the architecture without hf_dir
         hf_dir="",  # an HF directory to start from (its config.json wins over preset)

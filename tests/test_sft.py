@@ -80,6 +80,33 @@ def test_sft_trains_checkpoints_and_resumes_exactly(dataset, tmp_path):
     assert worst <= 1e-6, worst
 
 
+def test_export_of_a_trained_checkpoint_loads_in_transformers(dataset, tmp_path):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from guard_jax.cli import main as cli
+    from guard_jax.models.qwen2_5_vl import load_hf
+    _run(dataset, tmp_path / "run", steps=1)
+    out = tmp_path / "hf"
+    assert cli(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file()  # copied from the run's tokenizer
+    ours = load_hf(out, dtype="float32", progress=False)
+    hf, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        out, dtype=torch.float32, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    ids = np.asarray([[151644, 872, 198, 9707, 11, 1879, 151645, 198]])
+    ref = hf(input_ids=torch.as_tensor(ids)).logits.detach().numpy()
+    assert np.abs(np.asarray(ours(ids)) - ref).max() <= 1e-4
+    # the export holds the checkpoint's (trained) parameters
+    saved = _params(str(tmp_path / "run"), 2)
+    np.testing.assert_array_equal(np.asarray(saved["params.text.layers.q"]),
+                                  np.asarray(ours.text.layers.q[...]))
+    # import the export back: a step-0 checkpoint guard-jax train can resume
+    ck = tmp_path / "imported"
+    assert cli(["import", "--hf-dir", str(out), "--out", str(ck)]) == 0
+    assert os.path.isdir(ck / "0")
+
+
 def test_config_errors_list_valid_keys():
     with pytest.raises(KeyError, match="valid keys in this section"):
         load_config(CONFIG, ["--config.train.stepz=3"])

@@ -61,9 +61,7 @@ def train(run, workdir: str) -> dict:
     from guard_jax.training.train_step import init_train_state, make_train_step
 
     os.makedirs(workdir, exist_ok=True)
-    run.unlock()
-    run.workdir = workdir
-    run.lock()
+    run.workdir = str(workdir)
     mc = model_config(run)
     mesh = make_mesh(dict(run.mesh))
     tokenizer_dir = run.data.tokenizer_dir or run.model.hf_dir

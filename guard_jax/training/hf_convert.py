@@ -1,0 +1,104 @@
+"""Checkpoint <-> HF directory: `guard-jax export` and `guard-jax import`.
+
+A training checkpoint records its run config (orbax JSON metadata), which says the model and the
+optimizer; export rebuilds that state's shapes, restores it onto one device's shardings and
+writes the parameters with `save_hf` (tokenizer files copied from the run's tokenizer or base
+model directory). Import loads an HF directory and writes step 0 of a checkpoint that
+`guard-jax train` resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+
+def _run_from_meta(meta: dict):
+    from ml_collections import ConfigDict
+
+    from guard_jax.run_config import base_config, check_keys
+    cfg = meta.get("config")
+    if not cfg:
+        raise ValueError("the checkpoint holds no run config; it was not written by guard-jax "
+                         "train or guard-jax import")
+    run = ConfigDict(cfg)
+    check_keys(run, base_config(), where="checkpoint metadata")
+    return run
+
+
+def _read_meta(ckpt_dir: Path, step: int | None) -> tuple[int, dict]:
+    from guard_jax.training.checkpoint import Checkpointer
+    ck = Checkpointer(ckpt_dir, async_save=False)
+    steps = ck.all_steps()
+    ck.close()
+    if not steps:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint steps")
+    step = steps[-1] if step is None else step
+    meta_file = ckpt_dir / str(step) / "meta" / "metadata"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file}: missing (steps present: {steps})")
+    return step, json.loads(meta_file.read_text())
+
+
+def export_checkpoint(ckpt_dir, out, *, step: int | None = None, dtype: str | None = None,
+                      progress: bool = True) -> Path:
+    """Writes the parameters of checkpoint `step` (default: newest) as an HF directory."""
+    from guard_jax.models.qwen2_5_vl import abstract_model, save_hf
+    from guard_jax.run_config import model_config
+    from guard_jax.sharding import make_mesh
+    from guard_jax.training.checkpoint import Checkpointer, abstract_train_state
+    from guard_jax.training.optim import make_optimizer
+
+    ckpt_dir = Path(ckpt_dir)
+    step, meta = _read_meta(ckpt_dir, step)
+    run = _run_from_meta(meta)
+    mc = model_config(run)
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    graphdef, params = nnx.split(abstract_model(mc), nnx.Param)
+    accum = max(run.train.global_batch // run.train.micro_batch, 1)
+    tx, _ = make_optimizer(run.optim, total_steps=run.train.steps, accumulation=accum,
+                           params=params)
+    target = abstract_train_state(mc, tx, mesh)
+    ck = Checkpointer(ckpt_dir, async_save=False)
+    try:
+        state, _ = ck.restore(target, step=step)
+    finally:
+        ck.close()
+    model = nnx.merge(graphdef, state["params"])
+    assets = run.data.tokenizer_dir or run.model.hf_dir or None
+    return save_hf(model, out, dtype=dtype, assets_from=assets, progress=progress)
+
+
+def import_hf(hf_dir, out, *, config_path: str | None = None, overrides=(),
+              dtype: str = "float32") -> Path:
+    """Writes step 0 of a checkpoint holding `hf_dir`'s weights (and a fresh optimizer state
+    for the run config, default: configs' base settings with model.hf_dir = hf_dir)."""
+    from guard_jax.models.qwen2_5_vl import load_hf
+    from guard_jax.run_config import base_config, load_config, validate
+    from guard_jax.training.checkpoint import Checkpointer
+    from guard_jax.training.optim import make_optimizer
+    from guard_jax.training.train_step import init_train_state
+
+    if config_path:
+        run = load_config(config_path, list(overrides))
+        run.unlock()
+    else:
+        run = base_config()
+        run.model.param_dtype = dtype
+    run.model.hf_dir = str(Path(hf_dir).absolute())
+    validate(run)
+    model = load_hf(hf_dir, dtype=run.model.param_dtype, compute_dtype=run.model.dtype,
+                    progress=False)
+    _, params = nnx.split(model, nnx.Param)
+    accum = max(run.train.global_batch // run.train.micro_batch, 1)
+    tx, _ = make_optimizer(run.optim, total_steps=run.train.steps, accumulation=accum,
+                           params=params)
+    _, state = init_train_state(model, tx)
+    out = Path(out)
+    with Checkpointer(out, async_save=False, config=json.loads(run.to_json()),
+                      seed=run.train.seed) as ck:
+        ck.save(0, state, wait=True)
+    return out
