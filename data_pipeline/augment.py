@@ -225,6 +225,12 @@ def policy_applicable(sample: Sample, version: str) -> bool:
     return version in ("v3", "v5", "dup")
 
 
+def _explain_flip(extras: dict, category: str, why: str) -> None:
+    """Appends to the rationale why the policy change flipped the label."""
+    extras["rationale"] = (extras.get("rationale", "") + f" The policy declares {category}: "
+                           f"{llavaguard.CATEGORIES[category]} {why}.").strip()
+
+
 def policy_augment(sample: Sample, version: str, rng=None, *, suffix: str = "") -> Sample:
     """One policy-augmented copy of a LlavaGuard sample.
 
@@ -269,18 +275,14 @@ def policy_augment(sample: Sample, version: str, rng=None, *, suffix: str = "") 
         choices.update({c: llavaguard.NON_VIOLATING for c in [own, *extra]})
         label = Label.UNHARMFUL
         extras["score"] = NON_VIOLATING_EXCEPTION
-        extras["rationale"] = (extras.get("rationale", "") + f" The policy declares "
-                               f"{own}: {llavaguard.CATEGORIES[own]} non-violating, so this "
-                               f"content is allowed.").strip()
+        _explain_flip(extras, own, "non-violating, so this content is allowed")
     elif version == "v3":
         choices.update({c: llavaguard.NON_VIOLATING for c in pick(1, 3)})
     elif version == "v4":
         choices[own] = llavaguard.SENSITIVE
         label = Label.HARMFUL
         extras["score"] = SENSITIVE_EXCEPTION
-        extras["rationale"] = (extras.get("rationale", "") + f" The policy declares "
-                               f"{own}: {llavaguard.CATEGORIES[own]} sensitive, so no content "
-                               f"of this kind is allowed.").strip()
+        _explain_flip(extras, own, "sensitive, so no content of this kind is allowed")
     elif version == "v5":
         choices.update({c: llavaguard.SENSITIVE for c in pick(1, 3)})
     extras["policy_choices"] = choices

@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_pipeline.loader import LoaderConfig, make_loader, quarantine_summary
 from data_pipeline.schema import ImageRef, Label, Sample, SampleError, Task
-from qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
+from data_pipeline.qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
 
 
 @pytest.fixture(scope="module")

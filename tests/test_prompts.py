@@ -22,7 +22,7 @@ from data_pipeline.prompts import safeguard_vl, vlmguard_r1
 from data_pipeline.prompts.base import blank_image_ref
 from data_pipeline.schema import Category, ImageRef, Label, Sample, SampleError, Task
 from data_pipeline.tokenize import render_and_tokenize, tokenize_rendered
-from qwen_tokenizer import TEST_VECTOR, qwen2_5_vl_tokenizer
+from data_pipeline.qwen_tokenizer import TEST_VECTOR, qwen2_5_vl_tokenizer
 
 IM_START, IM_END, NL, IMAGE_PAD, VIDEO_PAD = 151644, 151645, 198, 151655, 151656
 GRIDS = [(1, 4, 6), (1, 2, 2), (1, 8, 4)]  # 6, 1 and 8 image tokens

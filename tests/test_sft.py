@@ -10,7 +10,7 @@ from PIL import Image
 
 from data_pipeline.build import build_dataset
 from guard_jax.run_config import load_config
-from qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
+from data_pipeline.qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "tiny_sft.py")
 

@@ -108,10 +108,9 @@ def main(args) -> int:
     tok_dir = args.tokenizer_dir
     if tok_dir is None:
         try:
-            import sys
             from pathlib import Path
-            sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-            from qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
+
+            from data_pipeline.qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
             tok_dir = str(write_qwen2_5_vl_tokenizer_dir(Path(tempfile.mkdtemp()) / "qwen"))
         except Exception as e:  # noqa: BLE001
             print(f"loader: skipped (no tokenizer: {e}); pass --tokenizer-dir")

