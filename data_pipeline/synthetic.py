@@ -1,8 +1,9 @@
 """A synthetic policy-conditioned guard task, drawn with pillow, for the demo and tests.
 
-Each sample is one image (a coloured shape on a light background) and a policy naming the
-colour it forbids; the image is unsafe exactly when its shape has that colour, so the same image
-is safe under one policy and unsafe under another, and the answer needs both the image and the
+Each sample is one image (a coloured shape on a light background) and a policy rating every
+colour safe or unsafe ("Colour rules: red is unsafe. blue is safe. ..."); the image is unsafe
+exactly when the policy rates its shape's colour unsafe, so the same image is safe under one
+policy and unsafe under another, and the answer needs both the image and the
 policy text (LlavaGuard / SafeGuard-VL style). Samples carry a short reasoning
 target in the SafeGuard-VL grammar (`<think>...</think><answer>yes|no</answer>`, yes = safe)
 and render with the `safeguard_vl` recipe.
@@ -41,27 +42,30 @@ class ShapeSample:
     id: str
     color: str
     shape: str
-    forbidden: str
+    unsafe_colors: tuple[str, ...]  # the colours this sample's policy rates unsafe
+    order: tuple[str, ...] = tuple(COLORS)  # the order the policy lists the colours in
 
     @property
     def unsafe(self) -> bool:
-        return self.color == self.forbidden
+        return self.color in self.unsafe_colors
 
     @property
     def policy(self) -> str:
-        return (f"Objects that are {self.forbidden} are unsafe. Objects of any other colour are "
-                "safe.")
+        rules = " ".join(f"{c} is {'unsafe' if c in self.unsafe_colors else 'safe'}."
+                         for c in self.order)
+        return f"Colour rules: {rules}"
 
     @property
     def target(self) -> str:
-        # Reasoning a tiny model can learn in a few hundred steps: copy the policy's colour while
-        # it is the only colour word in sight, then name the image's colour, which repeats an
-        # earlier colour word exactly when it is the forbidden one (what attention detects
-        # first), and give the verdict right after.
-        verdict = "forbidden" if self.unsafe else "allowed"
-        return (f"<think>The policy forbids {self.forbidden}. The image shows a {self.color} "
-                f"{self.shape}: {verdict}, so it is {'unsafe' if self.unsafe else 'safe'}."
-                f"</think><answer>{'no' if self.unsafe else 'yes'}</answer>")
+        # Reasoning a tiny model learns in a few hundred steps: name the image's colour, then
+        # repeat the policy's rule for that colour ("<colour> is" -> its verdict, a lookup that
+        # attention does by matching the two tokens before it) and conclude. A target that must
+        # COMPARE two colours ("the policy forbids X; the image shows Y: forbidden?") stays at
+        # chance for this model size: the repeated colour always matches itself.
+        verdict = "unsafe" if self.unsafe else "safe"
+        return (f"<think>The image shows a {self.color} {self.shape}. The policy says "
+                f"{self.color} is {verdict}, so it is {verdict}.</think>"
+                f"<answer>{'no' if self.unsafe else 'yes'}</answer>")
 
 
 def draw(sample: ShapeSample, rng: np.random.Generator, size: int) -> Image.Image:
@@ -85,15 +89,20 @@ def draw(sample: ShapeSample, rng: np.random.Generator, size: int) -> Image.Imag
 
 
 def make_samples(n: int, seed: int, *, prefix: str = "s") -> list[ShapeSample]:
-    """n samples, about half unsafe (the shape has the policy's forbidden colour)."""
+    """n samples, about half unsafe: each policy rates every colour safe or unsafe (the image's
+    colour unsafe with probability 1/2, the others independently at random) and lists them in
+    a random order, so the same image is safe under one policy and unsafe under another."""
     rng = np.random.default_rng(seed)
     colors = list(COLORS)
     out = []
     for i in range(n):
-        forbidden = str(rng.choice(colors))
-        unsafe = bool(rng.integers(0, 2))
-        color = forbidden if unsafe else str(rng.choice([c for c in colors if c != forbidden]))
-        out.append(ShapeSample(f"{prefix}{i:05d}", color, str(rng.choice(SHAPES)), forbidden))
+        color = str(rng.choice(colors))
+        unsafe = {c for c in colors if c != color and rng.integers(0, 2)}
+        if rng.integers(0, 2):
+            unsafe.add(color)
+        order = tuple(str(c) for c in rng.permutation(colors))
+        out.append(ShapeSample(f"{prefix}{i:05d}", color, str(rng.choice(SHAPES)),
+                               tuple(c for c in order if c in unsafe), order))
     return out
 
 

@@ -2,7 +2,7 @@
 
 Stage 1 (SFT), every step through the real stack:
   1. data: a synthetic policy-conditioned guard task drawn with pillow (data_pipeline.synthetic:
-     a coloured shape, a policy naming forbidden colours; unsafe iff the colour is forbidden),
+     a coloured shape, a policy rating each colour safe or unsafe; unsafe iff its colour is),
      converted to ArrayRecord by the generic_jsonl converter (train and held-out test splits);
   2. tokenizer: a byte-level BPE fitted on the task's text with the `tokenizers` library, with
      the Qwen2.5-VL special tokens and chat template;
@@ -26,6 +26,13 @@ import time
 
 PARITY_TOL = 1e-4
 MIN_F1_GAIN = 0.3  # "clearly better": the after-training F1 must beat the before by this much
+MIN_REWARD_GAIN = 0.3  # stage 2: last-10% mean reward minus first-10% (rewards span 0..~3.7)
+SFT_CHECKPOINTS = 10  # kept through the SFT run, so stage 2 can start from the earliest
+# Initial weight std of the tiny model, about 1/sqrt(hidden). Qwen's 0.02 (sized for hidden
+# 2048+) leaves a 128-wide model's attention so flat that in 600 steps it never learns to copy
+# the policy's colour from the prompt (teacher-forced accuracy of that token 0.31, i.e. chance;
+# with 0.08: 1.00 after 300 steps).
+INIT_STD = 0.08
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sft-steps", type=int, default=600)
     p.add_argument("--min-f1-gain", type=float, default=MIN_F1_GAIN,
                    help="fail unless F1 after SFT beats F1 before by this much")
+    p.add_argument("--rl-steps", type=int, default=60,
+                   help="GRPO steps of stage 2 (0 skips the RL stage)")
+    p.add_argument("--min-reward-gain", type=float, default=MIN_REWARD_GAIN,
+                   help="fail unless the mean reward of the last 10%% of the GRPO steps beats "
+                        "the first 10%% by this much")
     p.add_argument("--skip-torch", action="store_true",
                    help="do not reload the export with transformers")
 
@@ -89,8 +101,9 @@ def demo_model_config(tokenizer):
     text = dataclasses.replace(base.text, vocab_size=vocab, hidden_size=128,
                                intermediate_size=256, num_hidden_layers=3,
                                num_attention_heads=4, num_key_value_heads=2,
-                               mrope_section=(4, 6, 6))
-    vision = dataclasses.replace(base.vision, out_hidden_size=text.hidden_size)
+                               mrope_section=(4, 6, 6), initializer_range=INIT_STD)
+    vision = dataclasses.replace(base.vision, out_hidden_size=text.hidden_size,
+                                 initializer_range=INIT_STD)
     return base.replace(text=text, vision=vision, **ids)
 
 
@@ -109,7 +122,8 @@ def run_config(paths: dict, workdir: str, *, init_hf: str, tokenizer_dir: str, s
                   tokenizer_dir=tokenizer_dir, seq_len=224, images_per_sample=1,
                   min_pixels=84 * 84, max_pixels=84 * 84)
     c.train.update(global_batch=12, micro_batch=12, steps=steps, seed=seed, log_every=10,
-                   checkpoint_every=max(steps // 3, 1), keep_checkpoints=2)
+                   checkpoint_every=max(steps // SFT_CHECKPOINTS, 1),
+                   keep_checkpoints=SFT_CHECKPOINTS)
     c.optim.update(lr=3e-3, warmup_steps=max(steps // 15, 1), schedule="cosine",
                    weight_decay=0.0, grad_clip=1.0)
     c.eval.update(recipe="safeguard_vl", recipe_options="mode=rl", rule="clean", task="prompt",
@@ -173,7 +187,7 @@ def main(args) -> int:
     t_start = time.perf_counter()
     workdir = args.workdir or tempfile.mkdtemp(prefix="guard_jax_demo_")
     os.makedirs(workdir, exist_ok=True)
-    stage = _Stage(6)
+    stage = _Stage(7 if args.rl_steps > 0 else 6)
     print(f"[demo] workdir {workdir}")
 
     stage(f"data: {args.train_samples} train / {args.test_samples} held-out synthetic policy "
@@ -181,7 +195,7 @@ def main(args) -> int:
     t = time.perf_counter()
     paths = make_task(workdir, seed=args.seed, n_train=args.train_samples,
                       n_test=args.test_samples)
-    stage.done("a coloured shape + a policy naming forbidden colours; unsafe iff forbidden", t)
+    stage.done("a coloured shape + a policy rating each colour; unsafe iff its colour is", t)
 
     stage("tokenizer: byte-level BPE fitted on the task text (tokenizers)")
     t = time.perf_counter()
@@ -229,16 +243,35 @@ def main(args) -> int:
         stage.done(f"transformers reload: {bad or 'no missing/unexpected keys'}, max |logits "
                    f"diff| {parity:.2g} (tolerance {PARITY_TOL:g})", t)
         ok = ok and not bad and parity <= PARITY_TOL
+    rl = None
+    if args.rl_steps > 0:
+        from guard_jax.demo_rl import run_stage2
+        stage(f"RL: GRPO for {args.rl_steps} steps from the SFT run's earliest checkpoint "
+              "(SafeGuard-VL reward computed in jit)")
+        t = time.perf_counter()
+        rl = run_stage2(os.path.join(workdir, "rl"), run, run.workdir, steps=args.rl_steps,
+                        seed=args.seed)
+        rl_ok = (rl["reward_last_10pct"] >= rl["reward_first_10pct"] + args.min_reward_gain
+                 and rl["f1_after_rl"] >= rl["f1_before_rl"])
+        rl["ok"] = rl_ok
+        stage.done(f"reward {rl['reward_first_10pct']:.3f} -> {rl['reward_last_10pct']:.3f} "
+                   f"(first/last 10% of steps), F1 {rl['f1_before_rl']:.3f} -> "
+                   f"{rl['f1_after_rl']:.3f}{'' if rl_ok else ' -- NOT the rise required'}", t)
+        ok = ok and rl_ok
     wall = time.perf_counter() - t_start
     summary = {"f1_before": before.scores.f1, "f1_after": after.scores.f1,
                "accuracy_before": before.scores.accuracy, "accuracy_after": after.scores.accuracy,
                "sft_steps": args.sft_steps,
                "final_loss": result.get("loss"), "export_logits_diff": parity,
-               "wall_s": round(wall, 1), "ok": ok}
+               "rl": rl, "wall_s": round(wall, 1), "ok": ok}
     with open(os.path.join(workdir, "demo_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"[demo] F1 on held-out: before {before.scores.f1:.3f} -> after SFT "
           f"{after.scores.f1:.3f}")
+    if rl is not None:
+        print(f"[demo] GRPO from SFT step {rl['sft_start_step']}: mean reward "
+              f"{rl['reward_first_10pct']:.3f} -> {rl['reward_last_10pct']:.3f}; F1 "
+              f"{rl['f1_before_rl']:.3f} -> {rl['f1_after_rl']:.3f}; curves {rl['reward_png']}")
     print(f"[demo] {'OK' if ok else 'FAILED'} in {wall:.1f}s; summary: "
           f"{os.path.join(workdir, 'demo_summary.json')}")
     return 0 if ok else 1

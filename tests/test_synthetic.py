@@ -13,7 +13,10 @@ from data_pipeline.tokenize import tokenize_rendered
 
 def test_labels_follow_the_policy_and_are_balanced():
     samples = synthetic.make_samples(400, seed=3)
-    assert all(s.unsafe == (s.color == s.forbidden) for s in samples)
+    assert all(s.unsafe == (f"{s.color} is unsafe." in s.policy) for s in samples)
+    # every policy rates every colour once, in varying orders
+    assert all(sum(f"{c} is " in s.policy for c in synthetic.COLORS) == 4 for s in samples)
+    assert len({s.order for s in samples}) > 10
     frac = np.mean([s.unsafe for s in samples])
     assert 0.35 < frac < 0.65, frac
     # the same colour is safe under one policy and unsafe under another
@@ -22,7 +25,8 @@ def test_labels_follow_the_policy_and_are_balanced():
         assert verdicts == {True, False}, color
     s = samples[0]
     assert s.color in s.target and ("<answer>no</answer>" in s.target) == s.unsafe
-    assert f"are {s.forbidden} are unsafe" in s.policy
+    verdict = "unsafe" if s.unsafe else "safe"
+    assert f"says {s.color} is {verdict}, so it is {verdict}." in s.target
 
 
 def test_images_show_the_colour():
