@@ -13,7 +13,12 @@ Stage 1 (SFT), every step through the real stack:
      orbax checkpoints, metrics) for a few hundred steps;
   6. F1 after, on the exported checkpoint; the export also reloads in transformers with no
      missing keys and the same logits.
-It fails (exit 1) when F1 does not clearly improve or the export does not match transformers.
+Stage 2 (RL, guard_jax.demo_rl):
+  7. GRPO (guard_jax.training.grpo, SafeGuard-VL reward computed in jit) from the SFT run's
+     earliest kept checkpoint; prints the mean reward of the first and last 10% of the steps
+     and F1 before/after RL, and saves the reward and loss curves as PNG.
+It fails (exit 1) when F1 does not clearly improve, the export does not match transformers, the
+RL reward does not rise by --min-reward-gain or F1 falls during RL.
 """
 
 from __future__ import annotations
@@ -26,8 +31,15 @@ import time
 
 PARITY_TOL = 1e-4
 MIN_F1_GAIN = 0.3  # "clearly better": the after-training F1 must beat the before by this much
-MIN_REWARD_GAIN = 0.3  # stage 2: last-10% mean reward minus first-10% (rewards span 0..~3.7)
-SFT_CHECKPOINTS = 10  # kept through the SFT run, so stage 2 can start from the earliest
+# stage 2: last-10% mean reward minus first-10% (SafeGuard-VL rewards span 0..~3.7; a 6-step
+# mean varies by about 0.1 between seeds)
+MIN_REWARD_GAIN = 0.2
+# The SFT run saves (and keeps) a checkpoint every steps/10; stage 2 starts from the earliest
+# (step 60 of 600: the format is learnt, about 60% of the verdicts are right, so the reward has
+# room to rise). Measured alternatives: from step 20 greedy decoding parses but sampled outputs
+# mostly do not, and 60 GRPO steps lose the format (F1 0.75 -> 0.00); from the final SFT
+# checkpoint the reward has little room.
+SFT_CHECKPOINTS = 10
 # Initial weight std of the tiny model, about 1/sqrt(hidden). Qwen's 0.02 (sized for hidden
 # 2048+) leaves a 128-wide model's attention so flat that in 600 steps it never learns to copy
 # the policy's colour from the prompt (teacher-forced accuracy of that token 0.31, i.e. chance;
