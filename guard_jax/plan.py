@@ -165,8 +165,8 @@ def compiled_plan(run, mesh_shape) -> dict[str, float]:
 
     from guard_jax.models.qwen2_5_vl import abstract_model
     from guard_jax.run_config import model_config
-    from guard_jax.sharding import make_mesh
-    from guard_jax.training.train_step import batch_shardings, build_step, state_shardings
+    from guard_jax.sharding import batch_shardings, make_mesh
+    from guard_jax.training.train_step import build_step, state_shardings
 
     mc = model_config(run)
     mesh = make_mesh(mesh_shape)

@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -196,3 +197,46 @@ def shard_activation(x, axes: Sequence[str | None]):
 def current_mesh() -> Mesh | None:
     ctx = _RULES.get()
     return None if ctx is None else ctx[0]
+
+
+# Logical axes of each batch field; everything else is replicated.
+BATCH_AXES = {
+    "input_ids": ("act_batch", "act_length"),
+    "attention_mask": ("act_batch", "act_length"),
+    "labels": ("act_batch", "act_length"),
+    "loss_mask": ("act_batch", "act_length"),
+    "position_ids": (None, "act_batch", "act_length"),
+    # batch-major vision inputs: each device runs the vision tower on its own samples
+    "pixel_values": ("act_batch", None, None),
+    "pos_hw": ("act_batch", None, None),
+    "win_idx": ("act_batch", None, None),
+    "full_idx": ("act_batch", None, None),
+}
+
+
+
+def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
+    """NamedShardings for a batch dict: fields in BATCH_AXES by their logical axes, the rest
+    replicated."""
+    out = {}
+    for k, v in batch.items():
+        axes = BATCH_AXES.get(k)
+        spec = P() if axes is None else logical_to_spec(axes, rules, v.shape, mesh, strict=False)
+        out[k] = NamedSharding(mesh, spec)
+    return out
+
+
+def put_batch(batch: dict, shardings: dict) -> dict:
+    """Host arrays holding the GLOBAL batch (same on every process) -> global jax Arrays.
+
+    Each process copies only the slices its own devices hold, so this is also how a
+    multi-process job feeds a step. (Per-process data shards go through
+    `jax.make_array_from_process_local_data` instead.)"""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, jax.Array):
+            out[k] = v
+            continue
+        v = np.asarray(v)
+        out[k] = jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
+    return out

@@ -115,3 +115,14 @@ def load_hf_model(path, dtype=torch.float32):
     for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         assert not info[k], f"{k}: {info[k]}"
     return model.eval()
+
+
+def left_pad(samples, pad_id):
+    """Token lists -> left-padded [B, L] ids and attention mask (int64, as torch wants)."""
+    length = max(len(s) for s in samples)
+    ids = np.full((len(samples), length), pad_id, np.int64)
+    mask = np.zeros((len(samples), length), np.int64)
+    for i, s in enumerate(samples):
+        ids[i, length - len(s):] = s
+        mask[i, length - len(s):] = 1
+    return ids, mask

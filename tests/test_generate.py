@@ -22,8 +22,8 @@ from guard_jax.sampling import distribution
 from guard_jax.sampling.generate import sampler_for
 from guard_jax.sampling.sampler import SamplingParams
 from guard_jax.sharding import SAMPLE_RULES, make_mesh
-from guard_jax.training.train_step import batch_shardings, put_batch
-from test_qwen_parity import left_pad
+from guard_jax.sharding import batch_shardings, put_batch
+from hf_reference import left_pad
 
 N = 8  # max_new_tokens
 GRIDS = [[1, 6, 10], [1, 4, 4]]

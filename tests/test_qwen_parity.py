@@ -87,16 +87,6 @@ def worked_example(c):
     return np.asarray([ids]), pv, grid
 
 
-def left_pad(samples, pad_id):
-    length = max(len(s) for s in samples)
-    ids = np.full((len(samples), length), pad_id, np.int64)
-    mask = np.zeros((len(samples), length), np.int64)
-    for i, s in enumerate(samples):
-        ids[i, length - len(s):] = s
-        mask[i, length - len(s):] = 1
-    return ids, mask
-
-
 def compare(name, ours, hf, ids, mask=None, pv=None, grid=None):
     ref = H.hf_logits(hf, ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid)
     out = np.asarray(ours(ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid))
@@ -121,7 +111,7 @@ def test_text_only(tiny_pair):
 def test_text_only_left_padded(tiny_pair):
     c, hf, ours = tiny_pair
     rng = np.random.default_rng(1)
-    ids, mask = left_pad([rng.integers(2, 248, 12).tolist(), rng.integers(2, 248, 7).tolist()],
+    ids, mask = H.left_pad([rng.integers(2, 248, 12).tolist(), rng.integers(2, 248, 7).tolist()],
                          c.generation_pad_id)
     compare("tiny text only, left-padded batch", ours, hf, ids, mask)
 
@@ -146,7 +136,7 @@ def test_left_padded_batch_different_images(tiny_pair):
     pv, grid = H.random_image_inputs(c, grids, seed=3)
     s0 = [3, 4] + H.image_tokens(c, grids[0]) + [5, 6, 7]
     s1 = [8] + H.image_tokens(c, grids[1]) + [9, 10]
-    ids, mask = left_pad([s0, s1], c.generation_pad_id)
+    ids, mask = H.left_pad([s0, s1], c.generation_pad_id)
     assert (mask == 0).sum() == len(s0) - len(s1) > 0
     compare("tiny left-padded batch of 2, images [1,6,10] / [1,4,4]", ours, hf, ids, mask, pv, grid)
 
@@ -178,7 +168,7 @@ def test_head_dim_128_left_padded_batch(big_pair):
     pv, grid = H.random_image_inputs(c, grids, seed=5)
     s0 = [3] + H.image_tokens(c, grids[0]) + [4, 5]
     s1 = [6, 7, 8] + H.image_tokens(c, grids[1]) + [9]
-    ids, mask = left_pad([s0, s1], c.generation_pad_id)
+    ids, mask = H.left_pad([s0, s1], c.generation_pad_id)
     assert mask[0, 0] == 0 and mask[1].all()
     compare("head_dim 128, tied, left-padded batch of 2", ours, hf, ids, mask, pv, grid)
 
@@ -265,7 +255,7 @@ def test_rope_index_left_padded_batch(tiny_pair):
     s0 = worked_example(c)[0][0].tolist()
     s1 = [3, 4] + H.image_tokens(c, g_extra) + [5]
     s2 = [7, 8, 9, 10, 11]  # text only
-    ids, mask = left_pad([s0, s1, s2], c.generation_pad_id)
+    ids, mask = H.left_pad([s0, s1, s2], c.generation_pad_id)
     grid = np.asarray(WORKED_GRIDS + [g_extra])
     pos, deltas = positions.get_rope_index(ids, grid, mask, c)
     ref_pos, ref_deltas = _hf_rope_index(hf, c, ids, grid, mask)

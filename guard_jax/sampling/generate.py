@@ -88,7 +88,7 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
     if mesh is None:
         batch = jax.device_put(batch)
     else:
-        from guard_jax.training.train_step import batch_shardings, put_batch
+        from guard_jax.sharding import batch_shardings, put_batch
         batch = put_batch(batch, batch_shardings(batch, mesh, rules))
     out = sampler(state, batch, key)
     if not return_output:

@@ -168,7 +168,7 @@ class Sampler:
 
     `sampler(state, batch, rng) -> SampleOutput` where state is `nnx.split(model)[1]` (or the
     Param state) and batch the device batch. With a mesh, the state and batch must already
-    be placed (`place_state`, and `training.train_step.put_batch` with `batch_shardings`);
+    be placed (`place_state`, and `sharding.put_batch` with `batch_shardings`);
     every jit then has explicit in/out shardings under `rules`, and decode donates the cache.
     Compilations are cached per batch shape."""
 
@@ -200,7 +200,7 @@ class Sampler:
         prefill_fn, decode_fn = self._trace(self._prefill), self._trace(self._decode)
         if self.mesh is None:
             return jax.jit(prefill_fn), jax.jit(decode_fn, donate_argnums=(1,))
-        from guard_jax.training.train_step import batch_shardings
+        from guard_jax.sharding import batch_shardings
         state_sh = param_shardings(state, self.mesh, self.rules)
         batch_sh = batch_shardings(batch, self.mesh, self.rules)
         with use_rules(self.mesh, self.rules):

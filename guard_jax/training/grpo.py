@@ -270,7 +270,7 @@ class GRPOTrainer:
 
     def _put(self, batch: dict, rules=None) -> dict:
         from guard_jax.sharding import TRAIN_RULES
-        from guard_jax.training.train_step import batch_shardings, put_batch
+        from guard_jax.sharding import batch_shardings, put_batch
         return put_batch(batch, batch_shardings(batch, self.mesh, rules or TRAIN_RULES))
 
     # -- phases

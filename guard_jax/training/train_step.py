@@ -12,29 +12,14 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from guard_jax.models.qwen2_5_vl.model import FORWARD_KEYS
-from guard_jax.sharding import TRAIN_RULES, logical_to_spec, param_shardings, use_rules
+from guard_jax.sharding import (TRAIN_RULES, batch_shardings, param_shardings, put_batch,
+                               use_rules)
 from guard_jax.training import lora as lora_lib
-
-# Logical axes of each batch field; everything else is replicated.
-BATCH_AXES = {
-    "input_ids": ("act_batch", "act_length"),
-    "attention_mask": ("act_batch", "act_length"),
-    "labels": ("act_batch", "act_length"),
-    "loss_mask": ("act_batch", "act_length"),
-    "position_ids": (None, "act_batch", "act_length"),
-    # batch-major vision inputs: each device runs the vision tower on its own samples
-    "pixel_values": ("act_batch", None, None),
-    "pos_hw": ("act_batch", None, None),
-    "win_idx": ("act_batch", None, None),
-    "full_idx": ("act_batch", None, None),
-}
-
 
 def token_cross_entropy(logits, labels, mask):
     """Sum of float32 cross-entropy over positions where mask is 1, and the count."""
@@ -60,31 +45,6 @@ def next_token_loss(model, batch):
     total, count = token_cross_entropy(logits, labels, mask)
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}
-
-
-def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
-    out = {}
-    for k, v in batch.items():
-        axes = BATCH_AXES.get(k)
-        spec = P() if axes is None else logical_to_spec(axes, rules, v.shape, mesh, strict=False)
-        out[k] = NamedSharding(mesh, spec)
-    return out
-
-
-def put_batch(batch: dict, shardings: dict) -> dict:
-    """Host arrays holding the GLOBAL batch (same on every process) -> global jax Arrays.
-
-    Each process copies only the slices its own devices hold, so this is also how a
-    multi-process job feeds a step. (Per-process data shards go through
-    `jax.make_array_from_process_local_data` instead.)"""
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, jax.Array):
-            out[k] = v
-            continue
-        v = np.asarray(v)
-        out[k] = jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
-    return out
 
 
 def _fresh_state(params, trainable, tx, lora) -> dict:
