@@ -1,6 +1,7 @@
 """`guard-jax demo` end to end at toy sizes: every stage runs (synthetic data -> ArrayRecord,
 tokenizer training, model, eval before, SFT, eval after on the export, transformers reload, GRPO
-from the SFT run's earliest checkpoint) and the summary holds the figures. The full-size run's F1 gain is the demo's own pass criterion."""
+from the SFT run's earliest checkpoint) and the summary holds the figures. The full-size run's
+F1 gain and reward rise are the demo's own pass criteria."""
 
 import json
 
