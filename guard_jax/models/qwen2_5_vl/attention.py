@@ -120,24 +120,34 @@ def _splash(q, k, v, mask, is_causal, kv_lengths, *, interpret=False):
 
 
 def _xla_attention(q, k, v, mask, is_causal, q_offset, total_q=None):
+    """Scores and softmax in float32. Heads are moved in front of the tokens first (a copy of
+    q, k and v, which are small) so that both einsums are plain batched matmuls with the
+    contraction on the minor axis and [.., T, S] outputs in row-major order: no transposes of
+    the T x S score matrices, which on XLA:CPU cost as much as the matmuls themselves. Masks
+    enter as an additive bias built from [T, S] and [B, S] pieces (never a [B, H, T, S] mask)."""
     b, t, n, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = n // kv
-    qg = q.reshape(b, t, kv, g, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    qh = jnp.transpose(q.reshape(b, t, kv, g, d), (0, 2, 3, 1, 4))  # [B, K, G, T, D]
+    kh = jnp.transpose(k, (0, 2, 1, 3))  # [B, K, S, D]
+    vh = jnp.transpose(v, (0, 2, 1, 3))
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
-    full = None
+    keep = None
     if is_causal:
         # queries are the last `total_q` positions of the keys (decode appends at the end)
         rows = q_offset + jnp.arange(t)[:, None] + (s - (total_q or t))
-        full = (jnp.arange(s)[None, :] <= rows)[None, None]
+        keep = (jnp.arange(s)[None, :] <= rows)[None, None, None]  # [1, 1, 1, T, S]
     if mask is not None:
-        m = jnp.broadcast_to(mask, (b, 1, 1, s))
-        full = m if full is None else (full & m)
-    if full is not None:
-        scores = jnp.where(full[:, :, None], scores, _NEG)
+        m = jnp.broadcast_to(mask, (b, 1, 1, s))[:, :, None]  # [B, 1, 1, 1, S]
+        keep = m if keep is None else (keep & m)
+    if keep is not None:
+        # an additive bias rather than a select: its gradient is the identity, so the backward
+        # pass has no masking pass over the scores
+        scores = scores + jnp.where(keep, 0.0, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh, preferred_element_type=jnp.float32)
+    out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, K, G, D]
     return out.reshape(b, t, n, d).astype(q.dtype)
 
 
