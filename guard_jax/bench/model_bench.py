@@ -52,12 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--threads", type=int, default=0,
       help="torch intra-op threads (default: the CPU cores this process may use)")
     a("--interleave", action="store_true",
-      help="alternate our steps and torch's instead of timing one side after the other")
+      help="alternate our steps and torch's instead of timing one side after the other; "
+           "also reports the median of the per-round ratios")
     a("--skip-torch", action="store_true", help="do not run the transformers+torch side of (a)")
     a("--skip-ours", action="store_true", help="do not run our side of (a)")
     a("--breakdown", action="store_true",
       help="also time the pieces of our step (vision tower, decoder, lm head + loss), each "
-           "forward+backward, and an XLA cost analysis of the step")
+           "forward+backward with respect to its own parameters only")
     a("--skip-compile", action="store_true", help="skip (b), the 7B abstract compile")
     a("--compile-config", choices=("7b", "3b", "small", "tiny"), default="7b",
       help="config for (b) (7b)")
