@@ -47,6 +47,9 @@ def test_bench_model_tiny(tmp_path, capsys):
         assert a[side]["median_s"] > 0 and a[side]["min_s"] > 0 and len(a[side]["times_s"]) == 1
         assert a[side]["loss"] > 0
     assert a["ours"]["compile_s"] > 0 and a["ratio"] > 0 and a["interleaved"]
+    # interleaved: the per-round ratio (one round here) is ours' time over torch's in that round
+    assert a["ratio_rounds"] == pytest.approx(a["ours"]["times_s"][0] / a["torch"]["times_s"][0])
+    assert "median of the per-round ratios" in text
     # same random-init scale on both sides: the initial loss is about log(vocab) for both
     assert abs(a["ours"]["loss"] - a["torch"]["loss"]) < 0.5
     b = res["compile"]
