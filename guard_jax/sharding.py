@@ -214,7 +214,6 @@ BATCH_AXES = {
 }
 
 
-
 def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
     """NamedShardings for a batch dict: fields in BATCH_AXES by their logical axes, the rest
     replicated."""

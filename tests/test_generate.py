@@ -21,8 +21,7 @@ from guard_jax.models.qwen2_5_vl.config import tiny
 from guard_jax.sampling import distribution
 from guard_jax.sampling.generate import sampler_for
 from guard_jax.sampling.sampler import SamplingParams
-from guard_jax.sharding import SAMPLE_RULES, make_mesh
-from guard_jax.sharding import batch_shardings, put_batch
+from guard_jax.sharding import SAMPLE_RULES, batch_shardings, make_mesh, put_batch
 from hf_reference import left_pad
 
 N = 8  # max_new_tokens

@@ -112,7 +112,7 @@ def test_text_only_left_padded(tiny_pair):
     c, hf, ours = tiny_pair
     rng = np.random.default_rng(1)
     ids, mask = H.left_pad([rng.integers(2, 248, 12).tolist(), rng.integers(2, 248, 7).tolist()],
-                         c.generation_pad_id)
+                           c.generation_pad_id)
     compare("tiny text only, left-padded batch", ours, hf, ids, mask)
 
 

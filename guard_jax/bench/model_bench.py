@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from guard_jax.bench import flops as flops_lib
-from guard_jax.models.qwen2_5_vl.config import (
-    PRESETS, Qwen25VLConfig, REMAT_POLICIES, TextConfig, VisionConfig)
+from guard_jax.models.qwen2_5_vl.config import PRESETS, Qwen25VLConfig, REMAT_POLICIES
 
 CONFIG_SIZES = ("small", "3b", "7b", "tiny")
 

@@ -269,8 +269,7 @@ class GRPOTrainer:
         return init_model(mc, seed=run.train.seed, mesh=self.mesh)
 
     def _put(self, batch: dict, rules=None) -> dict:
-        from guard_jax.sharding import TRAIN_RULES
-        from guard_jax.sharding import batch_shardings, put_batch
+        from guard_jax.sharding import TRAIN_RULES, batch_shardings, put_batch
         return put_batch(batch, batch_shardings(batch, self.mesh, rules or TRAIN_RULES))
 
     # -- phases
