@@ -35,7 +35,8 @@ def _report_diffs():
     yield
     if DIFFS:
         width = max(len(k) for k in DIFFS)
-        print("\nmax |Δlogits| per parity case (guard_jax vs transformers, fp32 CPU):")
+        print("\nmax |Δlogits| (or relative |Δgrad|) per parity case (guard_jax vs transformers, "
+              "fp32 CPU):")
         for k, v in DIFFS.items():
             print(f"  {k:<{width}}  {v:.3e}")
 
@@ -374,3 +375,64 @@ def test_irregular_full_attention_layouts(tmp_path_factory, full):
     ids, pv, grid = worked_example(c)
     compare(f"tiny two images, vision depth 3, full attention at {full}", ours, hf, ids, pv=pv,
             grid=grid)
+
+
+# ---------------------------------------------------------------------------- gradient parity
+GRAD_TOL = 1e-4  # max |Δgrad| relative to the tensor's largest reference |grad|
+
+
+def _torch_grads(hf, ids, pv, grid):
+    """transformers' loss (labels = input_ids, its own shift) and every parameter's gradient,
+    keyed by the normalized hub name."""
+    from guard_jax.models.qwen2_5_vl.hf_keys import normalize_key
+    t_ids = torch.as_tensor(ids, dtype=torch.long)
+    hf.zero_grad(set_to_none=True)
+    hf.model.rope_deltas = None
+    out = hf(input_ids=t_ids, labels=t_ids, pixel_values=torch.as_tensor(pv),
+             image_grid_thw=torch.as_tensor(grid, dtype=torch.long),
+             mm_token_type_ids=(t_ids == hf.config.image_token_id).long())
+    out.loss.backward()
+    grads = {normalize_key(n): p.grad.detach().float().numpy()
+             for n, p in hf.named_parameters() if p.grad is not None}
+    return float(out.loss.detach()), grads
+
+
+def _our_grads(ours, ids, pv, grid, tmp_path):
+    """Our training loss (train_step.next_token_loss) and gradients, written out through
+    save_hf (gradients in place of the weights) so they carry the hub names."""
+    import jax
+    from guard_jax.models.qwen2_5_vl.hf_keys import normalize_key
+    from guard_jax.training.train_step import next_token_loss
+    batch = ours.prepare_inputs(ids, attention_mask=np.ones_like(ids), pixel_values=pv,
+                                image_grid_thw=grid)
+    graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
+
+    def loss_fn(p):
+        return next_token_loss(nnx.merge(graphdef, p, rest), batch)[0]
+
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+    holder = nnx.merge(graphdef, grads, rest)
+    guard_jax.save_hf(holder, tmp_path / "grads", progress=False)
+    return float(loss), {normalize_key(k): v.float().numpy()
+                         for k, v in H.safetensors_tensors(tmp_path / "grads").items()}
+
+
+@pytest.mark.parametrize("pair", ["tiny_pair", "big_pair"])
+def test_loss_and_gradients_match_transformers(pair, request, tmp_path):
+    """The training loss and the gradient of every parameter (vision tower, merger, decoder,
+    embeddings, untied or tied head) against transformers' loss.backward() on two images of
+    different sizes: covers the hand-written backward passes (SwiGLU) and the attention paths."""
+    c, hf, ours = request.getfixturevalue(pair)
+    ids, pv, grid = worked_example(c)
+    ref_loss, ref = _torch_grads(hf, ids, pv, grid)
+    loss, got = _our_grads(ours, ids, pv, grid, tmp_path)
+    assert abs(loss - ref_loss) <= 1e-5, (loss, ref_loss)
+    assert set(got) == set(ref), (sorted(set(got) ^ set(ref)))
+    worst = {}
+    for k, r in ref.items():
+        scale = float(np.abs(r).max())
+        assert scale > 0, f"{k}: zero reference gradient, the comparison is vacuous"
+        worst[k] = float(np.abs(got[k] - r).max()) / scale
+    k = max(worst, key=worst.get)
+    DIFFS[f"{pair} grads (worst: {k})"] = worst[k]
+    assert worst[k] <= GRAD_TOL, f"{k}: max |Δgrad| / max |grad| = {worst[k]:.2e}"
