@@ -131,8 +131,6 @@ def _xla_attention(q, k, v, mask, is_causal, q_offset, total_q=None):
     qh = jnp.transpose(q.reshape(b, t, kv, g, d), (0, 2, 3, 1, 4))  # [B, K, G, T, D]
     kh = jnp.transpose(k, (0, 2, 1, 3))  # [B, K, S, D]
     vh = jnp.transpose(v, (0, 2, 1, 3))
-    scores = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
     keep = None
     if is_causal:
         # queries are the last `total_q` positions of the keys (decode appends at the end)
@@ -141,14 +139,56 @@ def _xla_attention(q, k, v, mask, is_causal, q_offset, total_q=None):
     if mask is not None:
         m = jnp.broadcast_to(mask, (b, 1, 1, s))[:, :, None]  # [B, 1, 1, 1, S]
         keep = m if keep is None else (keep & m)
-    if keep is not None:
-        # an additive bias rather than a select: its gradient is the identity, so the backward
-        # pass has no masking pass over the scores
-        scores = scores + jnp.where(keep, 0.0, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh, preferred_element_type=jnp.float32)
+    # an additive bias rather than a select, so no masking pass over the scores' gradient
+    bias = None if keep is None else jnp.where(keep, 0.0, _NEG)
+    out = _attention_core(qh, kh, vh, bias)
     out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, K, G, D]
     return out.reshape(b, t, n, d).astype(q.dtype)
+
+
+def _scores(qh, kh, bias):
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32)
+    scores = scores * (qh.shape[-1] ** -0.5)
+    return scores if bias is None else scores + bias
+
+
+@jax.custom_vjp
+def _attention_core(qh, kh, vh, bias):
+    """softmax(q k^T / sqrt(d) + bias) v for heads-first q [B, K, G, T, D], k and v [B, K, S, D];
+    float32 out. The backward pass (below) keeps only the inputs, the output and the row
+    log-sum-exp, and recomputes the probabilities, as flash attention does: autodiff would
+    keep the [.., T, S] probabilities of every layer for the backward pass."""
+    return _attention_fwd(qh, kh, vh, bias)[0]
+
+
+def _attention_fwd(qh, kh, vh, bias):
+    scores = _scores(qh, kh, bias)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    e = jnp.exp(scores - top)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    probs = (e / total).astype(vh.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh, preferred_element_type=jnp.float32)
+    lse = top + jnp.log(total)
+    return out, (qh, kh, vh, bias, out, lse)
+
+
+def _attention_bwd(res, d_out):
+    qh, kh, vh, bias, out, lse = res
+    probs = jnp.exp(_scores(qh, kh, bias) - lse)
+    d_v = jnp.einsum("bkgts,bkgtd->bksd", probs.astype(vh.dtype), d_out.astype(vh.dtype),
+                     preferred_element_type=jnp.float32)
+    d_p = jnp.einsum("bkgtd,bksd->bkgts", d_out.astype(vh.dtype), vh,
+                     preferred_element_type=jnp.float32)
+    # softmax backward: d_s = p (d_p - sum_s p d_p), and sum_s p d_p = sum_d out d_out
+    delta = jnp.sum(out * d_out, axis=-1, keepdims=True)
+    d_s = (probs * (d_p - delta) * (qh.shape[-1] ** -0.5)).astype(qh.dtype)
+    d_q = jnp.einsum("bkgts,bksd->bkgtd", d_s, kh, preferred_element_type=jnp.float32)
+    d_k = jnp.einsum("bkgts,bkgtd->bksd", d_s, qh, preferred_element_type=jnp.float32)
+    return (d_q.astype(qh.dtype), d_k.astype(kh.dtype), d_v.astype(vh.dtype),
+            None if bias is None else jnp.zeros_like(bias))
+
+
+_attention_core.defvjp(_attention_fwd, _attention_bwd)
 
 
 def grouped_attention(q, k, v, idx, *, impl="xla"):

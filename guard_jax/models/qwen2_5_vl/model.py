@@ -8,6 +8,7 @@ optional rematerialisation, so a 36-layer decoder compiles in about one layer's 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -37,28 +38,53 @@ def rms_norm(x, weight, eps):
     return weight.astype(dtype) * x32.astype(dtype)
 
 
-@jax.custom_vjp
-def swiglu(g, u):
-    """silu(g) * u, as `jax.nn.silu(g) * u`, with a backward pass that keeps only g and u and
-    recomputes the sigmoid (autodiff of the plain expression saves four arrays of the MLP's
-    width per layer, and XLA:CPU fuses their use into one slow transposing pass)."""
-    return jax.nn.silu(g) * u
+def swiglu_mlp(h, gate, up, down, gate_bias=None, up_bias=None, axes=None):
+    """(silu(h @ gate + gate_bias) * (h @ up + up_bias)) @ down for h [..., E], with a
+    hand-written backward pass. `axes`: logical axes of the [..., I] activation, for
+    shard_activation.
+
+    Autodiff of the plain expression keeps four arrays of the MLP's width per layer, and XLA:CPU
+    fuses their use into slow transposing passes that feed the weight-gradient matmuls. This
+    backward keeps h (transposed once, in the forward, so the weight gradients are plain
+    matmuls), the two projections and the weights, and recomputes the sigmoid."""
+    return _swiglu_mlp(axes, h, gate, up, down, gate_bias, up_bias)
 
 
-def _swiglu_fwd(g, u):
-    return swiglu(g, u), (g, u)
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _swiglu_mlp(axes, h, gate, up, down, gate_bias, up_bias):
+    return _swiglu_mlp_fwd(axes, h, gate, up, down, gate_bias, up_bias)[0]
 
 
-def _swiglu_bwd(res, dy):
-    g, u = res
-    g32, u32, dy32 = (a.astype(jnp.float32) for a in (g, u, dy))
-    s = jax.nn.sigmoid(g32)
-    du = dy32 * g32 * s
-    dg = dy32 * u32 * s * (1.0 + g32 * (1.0 - s))
-    return dg.astype(g.dtype), du.astype(u.dtype)
+def _swiglu_mlp_fwd(axes, h, gate, up, down, gate_bias, up_bias):
+    g, u = h @ gate, h @ up
+    if gate_bias is not None:
+        g, u = g + gate_bias, u + up_bias
+    a = jax.nn.silu(g) * u
+    if axes is not None:
+        a = shard_activation(a, axes)
+    h_t = jnp.moveaxis(h, -1, 0)  # [E, ...]
+    return a @ down, (h_t, g, u, gate, up, down, gate_bias)
 
 
-swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+def _swiglu_mlp_bwd(axes, res, dy):
+    h_t, g, u, gate, up, down, gate_bias = res
+    lead = list(range(dy.ndim - 1))
+    g32, u32 = g.astype(jnp.float32), u.astype(jnp.float32)
+    sig = jax.nn.sigmoid(g32)
+    d_a = jnp.matmul(dy, down.T, preferred_element_type=jnp.float32)
+    d_u = (d_a * g32 * sig).astype(u.dtype)
+    d_g = (d_a * u32 * sig * (1.0 + g32 * (1.0 - sig))).astype(g.dtype)
+    a = (g32 * sig * u32).astype(dy.dtype)
+    d_down = jnp.tensordot(a, dy, axes=(lead, lead))
+    d_gate = jnp.tensordot(h_t, d_g, axes=([i + 1 for i in lead], lead))
+    d_up = jnp.tensordot(h_t, d_u, axes=([i + 1 for i in lead], lead))
+    d_h = d_g @ gate.T + d_u @ up.T
+    d_bias = (None, None) if gate_bias is None else (d_g.sum(lead), d_u.sum(lead))
+    return (d_h.astype(h_t.dtype), d_gate.astype(gate.dtype), d_up.astype(up.dtype),
+            d_down.astype(down.dtype)) + d_bias
+
+
+_swiglu_mlp.defvjp(_swiglu_mlp_fwd, _swiglu_mlp_bwd)
 
 
 def rotate_half(x):
@@ -190,9 +216,8 @@ class VisionTower(nnx.Module):
                 a = grouped_attention(q, k, v, idx, impl=impl)
                 x = x + jnp.einsum("nhk,hkd->nd", a, p["proj"]) + p["proj_bias"]
                 h = rms_norm(x, p["norm2"], VISION_NORM_EPS)
-                g = h @ p["gate"] + p["gate_bias"]
-                u = h @ p["up"] + p["up_bias"]
-                x = x + swiglu(g, u) @ p["down"] + p["down_bias"]
+                x = x + swiglu_mlp(h, p["gate"], p["up"], p["down"], p["gate_bias"],
+                                   p["up_bias"]) + p["down_bias"]
                 return x, None
             return _remat(block, self.config.remat)
 
@@ -237,9 +262,9 @@ def _attention_out_and_mlp(x, a, p, eps):
     """The rest of a decoder layer after attention: output projection, residual, MLP."""
     x = shard_activation(x + jnp.einsum("blhd,hde->ble", a, p["o"]), ACT_BLE)
     h = rms_norm(x, p["post_norm"], eps)
-    g = shard_activation(swiglu(h @ p["gate"], h @ p["up"]),
-                         ("act_batch", "act_length", "act_mlp"))
-    return shard_activation(x + g @ p["down"], ACT_BLE)
+    mlp = swiglu_mlp(h, p["gate"], p["up"], p["down"],
+                     axes=("act_batch", "act_length", "act_mlp"))
+    return shard_activation(x + mlp, ACT_BLE)
 
 
 class TextModel(nnx.Module):
