@@ -34,7 +34,8 @@ def test_bench_model_tiny(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = _parse(["model", "--config-size", "tiny", "--seq-len", "64", "--image-size", "56",
                    "--steps", "1", "--compile-config", "tiny", "--compile-seq-len", "64",
-                   "--compile-image-size", "56", "--mfu", "--interleave", "--json", str(out)])
+                   "--compile-image-size", "56", "--mfu", "--interleave", "--breakdown",
+                   "--json", str(out)])
     assert main(args) == 0
     text = capsys.readouterr().out
     for needle in ("(a) forward+backward step", "ours (jax.jit)", "transformers+torch",
@@ -50,6 +51,11 @@ def test_bench_model_tiny(tmp_path, capsys):
     # interleaved: the per-round ratio (one round here) is ours' time over torch's in that round
     assert a["ratio_rounds"] == pytest.approx(a["ours"]["times_s"][0] / a["torch"]["times_s"][0])
     assert "median of the per-round ratios" in text
+    # --breakdown times the same three pieces on both sides
+    pieces = {"vision_fwd_bwd_s", "decoder_fwd_bwd_s", "lm_head_loss_fwd_bwd_s"}
+    assert set(a["breakdown"]) == pieces and set(a["breakdown_torch"]) == pieces
+    assert all(v > 0 for v in [*a["breakdown"].values(), *a["breakdown_torch"].values()])
+    assert "ours/torch" in text and "lm head loss" in text
     # same random-init scale on both sides: the initial loss is about log(vocab) for both
     assert abs(a["ours"]["loss"] - a["torch"]["loss"]) < 0.5
     b = res["compile"]

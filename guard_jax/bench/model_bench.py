@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--skip-torch", action="store_true", help="do not run the transformers+torch side of (a)")
     a("--skip-ours", action="store_true", help="do not run our side of (a)")
     a("--breakdown", action="store_true",
-      help="also time the pieces of our step (vision tower, decoder, lm head + loss), each "
-           "forward+backward with respect to its own parameters only")
+      help="also time the pieces of the step on both sides (vision tower, decoder, lm head + "
+           "loss), each forward+backward with respect to its own parameters only")
     a("--skip-compile", action="store_true", help="skip (b), the 7B abstract compile")
     a("--compile-config", choices=("7b", "3b", "small", "tiny"), default="7b",
       help="config for (b) (7b)")
@@ -369,6 +369,72 @@ class TorchStep:
                 "torch_version": torch.__version__}
 
 
+def run_torch_breakdown(c: Qwen25VLConfig, inputs, steps: int, threads: int,
+                        seed: int = 0) -> dict[str, Any]:
+    """The same three pieces on transformers' model, forward + backward each (loss.backward()
+    from the piece's own output, grads zeroed first): the vision tower (features . random),
+    the language model's layers and final norm on fixed input embeddings (hidden . random)
+    and lm_head + transformers' causal-LM loss on fixed hidden states."""
+    import torch
+    step = TorchStep(c, inputs, threads, seed)
+    model, kw = step.model, step.kw
+    res = {}
+    gen = torch.Generator().manual_seed(1)
+
+    def timed(name, fn):
+        fn()
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        res[name] = statistics.median(ts)
+
+    def features(out):
+        return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    with progress("torch: timing the pieces (vision, decoder, lm head + loss)"):
+        visual = model.model.visual
+        if "pixel_values" in kw:
+            pv, thw = kw["pixel_values"], kw["image_grid_thw"]
+            with torch.no_grad():
+                shape = features(visual(pv, grid_thw=thw)).shape
+            r_v = torch.randn(shape, generator=gen, dtype=pv.dtype)
+
+            def vision():
+                model.zero_grad(set_to_none=True)
+                (features(visual(pv, grid_thw=thw)) * r_v).sum().backward()
+            timed("vision_fwd_bwd_s", vision)
+
+        lm, ids = model.model.language_model, kw["input_ids"]
+        with torch.no_grad():
+            x = model.model.get_input_embeddings()(ids)
+        model.model.rope_deltas = None
+        pos, _ = model.model.get_rope_index(
+            ids, kw.get("mm_token_type_ids", torch.zeros_like(ids)), kw.get("image_grid_thw"),
+            attention_mask=kw["attention_mask"])
+        r_h = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+
+        def hidden():
+            return lm(inputs_embeds=x, position_ids=pos, attention_mask=kw["attention_mask"],
+                      use_cache=False).last_hidden_state
+
+        def decoder():
+            model.zero_grad(set_to_none=True)
+            (hidden() * r_h).sum().backward()
+        timed("decoder_fwd_bwd_s", decoder)
+
+        with torch.no_grad():
+            h = hidden()
+
+        def head_loss():
+            model.zero_grad(set_to_none=True)
+            model.loss_function(logits=model.lm_head(h), labels=ids,
+                                vocab_size=c.text.vocab_size).backward()
+        timed("lm_head_loss_fwd_bwd_s", head_loss)
+    return res
+
+
 def time_steps(runners: dict[str, Any], steps: int, interleave: bool = False
                ) -> dict[str, list[float]]:
     """One warm-up step, then `steps` timed steps, for each runner.
@@ -578,11 +644,16 @@ def report(res: dict[str, Any]) -> str:
             if torch_:
                 line += f", torch {mf / torch_['median_s'] / 1e9:.1f} GFLOP/s"
             out.append(line)
-        bd = a.get("breakdown")
-        if bd:
-            rows = [(k.replace("_fwd_bwd_s", "").replace("_", " "), _fmt_s(v))
-                    for k, v in bd.items()]
-            out.append("our pieces, forward+backward each:\n" + _table(rows, ("piece", "median")))
+        bd, bt = a.get("breakdown") or {}, a.get("breakdown_torch") or {}
+        if bd or bt:
+            rows = []
+            for k in dict.fromkeys([*bd, *bt]):
+                o, t = bd.get(k), bt.get(k)
+                rows.append((k.replace("_fwd_bwd_s", "").replace("_", " "),
+                             _fmt_s(o) if o else "-", _fmt_s(t) if t else "-",
+                             f"{o / t:.2f}x" if o and t else "-"))
+            out.append("pieces, forward+backward each (median):\n"
+                       + _table(rows, ("piece", "ours", "torch", "ours/torch")))
         out.append("")
     b = res.get("compile")
     if b is not None:
@@ -657,6 +728,8 @@ def main(args: argparse.Namespace) -> int:
         runners.clear()
         if args.breakdown and not args.skip_ours:
             a["breakdown"] = run_ours_breakdown(c, inputs, args.steps)
+        if args.breakdown and not args.skip_torch:
+            a["breakdown_torch"] = run_torch_breakdown(c, inputs, args.steps, threads)
         if a.get("ours") and a.get("torch"):
             a["ratio"] = a["ours"]["median_s"] / a["torch"]["median_s"]
             a["ratio_min"] = a["ours"]["min_s"] / a["torch"]["min_s"]
