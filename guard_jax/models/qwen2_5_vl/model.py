@@ -75,6 +75,7 @@ def _swiglu_mlp_bwd(axes, res, dy):
     d_u = (d_a * g32 * sig).astype(u.dtype)
     d_g = (d_a * u32 * sig * (1.0 + g32 * (1.0 - sig))).astype(g.dtype)
     a = (g32 * sig * u32).astype(dy.dtype)
+    # as (dy^T a)^T: XLA:CPU would otherwise recompute `a` in transposed order for a^T dy
     d_down = jnp.tensordot(dy, a, axes=(lead, lead)).T
     d_gate = jnp.tensordot(h_t, d_g, axes=([i + 1 for i in lead], lead))
     d_up = jnp.tensordot(h_t, d_u, axes=([i + 1 for i in lead], lead))
