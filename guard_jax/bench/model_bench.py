@@ -191,6 +191,18 @@ def summarize(times: list[float]) -> dict[str, Any]:
             "times_s": times}
 
 
+def median_time(fn, steps: int) -> float:
+    """Median wall time of `steps` calls of `fn` (which must block until its work is done),
+    after one untimed warm-up call."""
+    fn()
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
 # ---------------------------------------------------------------------------- ours (JAX)
 def token_cross_entropy(logits, input_ids, attention_mask):
     """Mean next-token cross-entropy (float32) of logits [B, L, V] against input_ids shifted by
@@ -292,13 +304,7 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
     def timed(name, piece, fn, *args):
         graphdef, own, rest = split[piece]
         g = jax.jit(jax.value_and_grad(lambda own, *a: fn(nnx.merge(graphdef, own, rest), *a)))
-        jax.block_until_ready(g(own, *args))
-        ts = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(g(own, *args))
-            ts.append(time.perf_counter() - t0)
-        res[name] = statistics.median(ts)
+        res[name] = median_time(lambda: jax.block_until_ready(g(own, *args)), steps)
 
     with progress("ours: timing the pieces (vision, decoder, lm head + loss)"):
         from guard_jax.models.qwen2_5_vl.model import VISION_KEYS
@@ -381,15 +387,6 @@ def run_torch_breakdown(c: Qwen25VLConfig, inputs, steps: int, threads: int,
     res = {}
     gen = torch.Generator().manual_seed(1)
 
-    def timed(name, fn):
-        fn()
-        ts = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        res[name] = statistics.median(ts)
-
     def features(out):
         return out.pooler_output if hasattr(out, "pooler_output") else out
 
@@ -404,7 +401,7 @@ def run_torch_breakdown(c: Qwen25VLConfig, inputs, steps: int, threads: int,
             def vision():
                 model.zero_grad(set_to_none=True)
                 (features(visual(pv, grid_thw=thw)) * r_v).sum().backward()
-            timed("vision_fwd_bwd_s", vision)
+            res["vision_fwd_bwd_s"] = median_time(vision, steps)
 
         lm, ids = model.model.language_model, kw["input_ids"]
         with torch.no_grad():
@@ -422,7 +419,7 @@ def run_torch_breakdown(c: Qwen25VLConfig, inputs, steps: int, threads: int,
         def decoder():
             model.zero_grad(set_to_none=True)
             (hidden() * r_h).sum().backward()
-        timed("decoder_fwd_bwd_s", decoder)
+        res["decoder_fwd_bwd_s"] = median_time(decoder, steps)
 
         with torch.no_grad():
             h = hidden()
@@ -431,7 +428,7 @@ def run_torch_breakdown(c: Qwen25VLConfig, inputs, steps: int, threads: int,
             model.zero_grad(set_to_none=True)
             model.loss_function(logits=model.lm_head(h), labels=ids,
                                 vocab_size=c.text.vocab_size).backward()
-        timed("lm_head_loss_fwd_bwd_s", head_loss)
+        res["lm_head_loss_fwd_bwd_s"] = median_time(head_loss, steps)
     return res
 
 
