@@ -204,14 +204,16 @@ def median_time(fn, steps: int) -> float:
 
 
 # ---------------------------------------------------------------------------- ours (JAX)
-def token_cross_entropy(logits, input_ids, attention_mask):
-    """Mean next-token cross-entropy (float32) of logits [B, L, V] against input_ids shifted by
-    one, as transformers' ForCausalLMLoss with labels=input_ids (the train step's loss)."""
+def head_loss(model, h, input_ids, attention_mask):
+    """Mean next-token cross-entropy (float32) of the lm head on final hidden states h against
+    input_ids shifted by one, as transformers' ForCausalLMLoss with labels=input_ids: the
+    head-and-loss part of the train step's loss (next_token_loss)."""
     import jax.numpy as jnp
-    from guard_jax.training import train_step as ts
+    from guard_jax.training.head_loss import head_cross_entropy
     labels = jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1)
     mask = jnp.concatenate([attention_mask[:, 1:], jnp.zeros_like(attention_mask[:, :1])], axis=1)
-    total, count = ts.token_cross_entropy(logits, labels, mask)
+    weight, vocab_major = model.text.head_weight(h.dtype)
+    total, count = head_cross_entropy(h, weight, labels, mask, vocab_major=vocab_major)
     return total / jnp.maximum(count, 1.0)
 
 
@@ -326,10 +328,8 @@ def run_ours_breakdown(c: Qwen25VLConfig, inputs, steps: int, seed: int = 0) -> 
         h = jax.jit(lambda m, x: m.text.decoder(
             x, batch["position_ids"], batch["attention_mask"]))(model, x)
 
-        def head_loss(m, h):
-            return token_cross_entropy(m.text.logits(h), batch["input_ids"],
-                                       batch["attention_mask"])
-        timed("lm_head_loss_fwd_bwd_s", "head", head_loss, h)
+        timed("lm_head_loss_fwd_bwd_s", "head",
+              lambda m, h: head_loss(m, h, batch["input_ids"], batch["attention_mask"]), h)
     return res
 
 

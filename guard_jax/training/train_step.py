@@ -20,6 +20,7 @@ from guard_jax.models.qwen2_5_vl.model import FORWARD_KEYS
 from guard_jax.sharding import (TRAIN_RULES, batch_shardings, param_shardings, put_batch,
                                use_rules)
 from guard_jax.training import lora as lora_lib
+from guard_jax.training.head_loss import head_cross_entropy
 
 def token_cross_entropy(logits, labels, mask):
     """Sum of float32 cross-entropy over positions where mask is 1, and the count."""
@@ -33,7 +34,7 @@ def token_cross_entropy(logits, labels, mask):
 def next_token_loss(model, batch):
     """Mean next-token cross-entropy over `loss_mask` (labels = input_ids shifted left)."""
     fwd = {k: batch[k] for k in FORWARD_KEYS if k in batch}
-    logits = model.forward(**fwd)
+    h = model.hidden_states(**fwd)
     labels = batch.get("labels")
     mask = batch.get("loss_mask")
     if labels is None:
@@ -42,7 +43,8 @@ def next_token_loss(model, batch):
     if mask is None:
         mask = jnp.concatenate([batch["attention_mask"][:, 1:],
                                 jnp.zeros_like(batch["attention_mask"][:, :1])], axis=1)
-    total, count = token_cross_entropy(logits, labels, mask)
+    weight, vocab_major = model.text.head_weight(h.dtype)
+    total, count = head_cross_entropy(h, weight, labels, mask, vocab_major=vocab_major)
     loss = total / jnp.maximum(count, 1.0)
     return loss, {"loss": loss, "tokens": count}
 

@@ -350,12 +350,16 @@ class TextModel(nnx.Module):
             layer, (x, cache_k, cache_v), (self.layers.arrays(), jnp.arange(n)))
         return rms_norm(x, self.norm[...], eps), cache_k, cache_v
 
-    def logits(self, h):
-        dtype = h.dtype
+    def head_weight(self, dtype) -> tuple[jax.Array, bool]:
+        """(output projection in `dtype`, vocab_major): the tied embedding [V, E] (True) or
+        lm_head [E, V] (False)."""
         if self.config.tie_word_embeddings:
-            out = jnp.einsum("ble,ve->blv", h, self.embed[...].astype(dtype))
-        else:
-            out = h @ self.lm_head[...].astype(dtype)
+            return self.embed[...].astype(dtype), True
+        return self.lm_head[...].astype(dtype), False
+
+    def logits(self, h):
+        w, vocab_major = self.head_weight(h.dtype)
+        out = jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, w)
         return shard_activation(out, ("act_batch", "act_length", "act_vocab"))
 
 
