@@ -10,7 +10,7 @@ recipe's parser) and the reward and loss curves as PNG files.
 Headroom: the reward can only rise where the policy still errs. `guard-jax demo` keeps a
 checkpoint every 10% of its SFT steps and starts here from the earliest (step 60 of 600: the
 format is learnt and about 60% of the verdicts are right). Measured from there: mean reward
-2.07 -> 2.35 over 60 steps, held-out F1 0.503 -> 0.805. From step 20 greedy outputs parse but
+2.08 -> 2.42 over 60 steps, held-out F1 0.503 -> 0.801. From step 20 greedy outputs parse but
 sampled ones mostly do not, and GRPO loses the format (F1 0.75 -> 0.00); from the final SFT
 checkpoint the reward has little room (README, GRPO section).
 """
