@@ -48,6 +48,10 @@ def test_bench_model_tiny(tmp_path, capsys):
         assert a[side]["median_s"] > 0 and a[side]["min_s"] > 0 and len(a[side]["times_s"]) == 1
         assert a[side]["loss"] > 0
     assert a["ours"]["compile_s"] > 0 and a["ratio"] > 0 and a["interleaved"]
+    # page faults per step on both sides, XLA's own temporary/output buffer sizes for ours
+    assert all(a[side]["minor_faults_per_step"] >= 0 for side in ("ours", "torch"))
+    assert a["ours"]["temp_mb"] > 0 and a["ours"]["output_mb"] > 0
+    assert "page faults/step" in text and "XLA temp + out" in text
     # interleaved: the per-round ratio (one round here) is ours' time over torch's in that round
     assert a["ratio_rounds"] == pytest.approx(a["ours"]["times_s"][0] / a["torch"]["times_s"][0])
     assert "median of the per-round ratios" in text

@@ -277,6 +277,10 @@ class OursStep:
                 out["xla_flops"] = float(cost["flops"])
         except Exception:  # pragma: no cover - backend without cost analysis
             pass
+        mem = self.compiled.memory_analysis()
+        if mem is not None:  # XLA's per-execution temporary and output buffers
+            out["temp_mb"] = mem.temp_size_in_bytes / 1e6
+            out["output_mb"] = mem.output_size_in_bytes / 1e6
         return out
 
 
@@ -432,20 +436,30 @@ def run_torch_breakdown(c: Qwen25VLConfig, inputs, steps: int, threads: int,
     return res
 
 
-def time_steps(runners: dict[str, Any], steps: int, interleave: bool = False
-               ) -> dict[str, list[float]]:
+def minor_faults() -> int:
+    """Minor page faults of this process so far (each first touch of a freshly mapped page)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_steps(runners: dict[str, Any], steps: int, interleave: bool = False,
+               faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
     """One warm-up step, then `steps` timed steps, for each runner.
 
     By default one runner after the other (each in its own steady state: the other framework's
     worker threads idle and its memory settled). With `interleave`, rounds that run every
     runner once in turn, so a load that comes and goes weighs on both sides alike (but each
-    step then starts right after the other framework's)."""
+    step then starts right after the other framework's). With `faults`, also records each
+    timed step's minor page faults there."""
     times: dict[str, list[float]] = {k: [] for k in runners}
 
     def timed(k, r):
+        f0 = minor_faults()
         t0 = time.perf_counter()
         r.step()
         times[k].append(time.perf_counter() - t0)
+        if faults is not None:
+            faults.setdefault(k, []).append(minor_faults() - f0)
 
     if interleave:
         with progress(f"{' and '.join(runners)}: 1 warm-up + {steps} timed steps each, "
@@ -607,6 +621,12 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def _fmt_faults(side: dict[str, Any] | None) -> str:
+    """Minor faults per step: each is a first touch of a fresh page, ~1 us each here."""
+    n = (side or {}).get("minor_faults_per_step")
+    return "-" if n is None else f"{n / 1e3:.0f}k"
+
+
 def report(res: dict[str, Any]) -> str:
     out = []
     a = res.get("step")
@@ -621,6 +641,9 @@ def report(res: dict[str, Any]) -> str:
             ("min / max", f"{_fmt_s(ours['min_s'])} / {_fmt_s(ours['max_s'])}" if ours else "-",
              f"{_fmt_s(torch_['min_s'])} / {_fmt_s(torch_['max_s'])}" if torch_ else "-"),
             ("compile (once)", _fmt_s(ours and ours["compile_s"]), "-"),
+            ("page faults/step", _fmt_faults(ours), _fmt_faults(torch_)),
+            ("XLA temp + out", f"{ours['temp_mb']:.0f} + {ours['output_mb']:.0f} MB"
+             if ours and "temp_mb" in ours else "-", "-"),
             ("loss", f"{ours['loss']:.4f}" if ours else "-",
              f"{torch_['loss']:.4f}" if torch_ else "-"),
         ]
@@ -719,9 +742,11 @@ def main(args: argparse.Namespace) -> int:
             runners["ours"] = OursStep(c, inputs)
         if not args.skip_torch:
             runners["torch"] = TorchStep(c, inputs, threads)
-        times = time_steps(runners, args.steps, interleave=args.interleave)
+        faults: dict[str, list[int]] = {}
+        times = time_steps(runners, args.steps, interleave=args.interleave, faults=faults)
         for k, r in runners.items():
-            a[k] = {**r.info(), **summarize(times[k])}
+            a[k] = {**r.info(), **summarize(times[k]),
+                    "minor_faults_per_step": int(statistics.median(faults[k]))}
         runners.clear()
         if args.breakdown and not args.skip_ours:
             a["breakdown"] = run_ours_breakdown(c, inputs, args.steps)
