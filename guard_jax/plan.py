@@ -123,7 +123,9 @@ def arithmetic_plan(run, n_devices: int) -> Plan:
         text_act = n_layers * (per_layer_dots + tok * e * cb) + per_layer_all
     else:
         text_act = n_layers * per_layer_all
-    logits = tok * (t.vocab_size / tensor) * (cb + 4)  # logits and one float32 softmax/grad
+    # training/head_loss.py keeps one float32 [tokens, V] buffer (exp, then d logits in place);
+    # with a narrower compute dtype the logits before the cast (and d logits after it) add cb
+    logits = tok * (t.vocab_size / tensor) * (4 + (cb if cb < 4 else 0))
     v = mc.vision
     patches = b * run.data.images_per_sample * (run.data.max_pixels // (v.patch_size**2))
     vd, vh, vf = v.hidden_size, v.num_heads / tensor, v.intermediate_size / tensor
