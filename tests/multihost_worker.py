@@ -9,13 +9,15 @@ import json
 import os
 import sys
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+if __name__ == "__main__":
+    # only as the worker process: test_multihost also imports this module (for batch_for),
+    # and these settings must not leak into the test process's environment, which later
+    # subprocesses (guard-jax train in test_sft) inherit
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 sys.path.insert(0, os.path.dirname(__file__))
 
 from guard_jax import distributed  # noqa: E402
-
-topo = distributed.initialize(timeout_s=int(os.environ.get("GUARD_JAX_INIT_TIMEOUT", "60")))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -40,6 +42,7 @@ def batch_for(model, c):
 
 
 def main():
+    topo = distributed.initialize(timeout_s=int(os.environ.get("GUARD_JAX_INIT_TIMEOUT", "60")))
     assert jax.device_count() == 8 and jax.local_device_count() == 4, jax.devices()
     c = tiny()
     mesh = make_mesh((2, 2, 2))
