@@ -207,13 +207,11 @@ def median_time(fn, steps: int) -> float:
 def head_loss(model, h, input_ids, attention_mask):
     """Mean next-token cross-entropy (float32) of the lm head on final hidden states h against
     input_ids shifted by one, as transformers' ForCausalLMLoss with labels=input_ids: the
-    head-and-loss part of the train step's loss (next_token_loss)."""
+    head-and-loss part of the train step's loss (train_step.lm_head_loss)."""
     import jax.numpy as jnp
-    from guard_jax.training.head_loss import head_cross_entropy
-    labels = jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1)
-    mask = jnp.concatenate([attention_mask[:, 1:], jnp.zeros_like(attention_mask[:, :1])], axis=1)
-    weight, vocab_major = model.text.head_weight(h.dtype)
-    total, count = head_cross_entropy(h, weight, labels, mask, vocab_major=vocab_major)
+    from guard_jax.training.train_step import lm_head_loss
+    total, count = lm_head_loss(model, h, {"input_ids": input_ids,
+                                           "attention_mask": attention_mask})
     return total / jnp.maximum(count, 1.0)
 
 

@@ -4,8 +4,8 @@
 `token_cross_entropy(h @ W, labels, weights)` in value and gradients, with a hand-written
 backward that needs less memory traffic than autodiff of the two pieces:
 
-- The forward keeps one [B, L, V] float32 array for the backward, e = exp(logits - max), and
-  no copy of the logits.
+- The forward keeps one [tokens, V] float32 array for the backward, e = exp(logits - max),
+  and no copy of the logits.
 - The backward turns e into d logits in one elementwise pass, softmax minus one-hot times the
   position weight, so the buffer can be reused in place. Autodiff instead adds the one-hot
   with a scatter into a fresh array and then transposes all of d logits for the weight
@@ -26,17 +26,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from guard_jax.models.qwen2_5_vl.model import project_logits
 from guard_jax.sharding import shard_activation
 
-LOGIT_AXES = ("act_batch", "act_length", "act_vocab")
 FLAT_LOGIT_AXES = ("act_batch", "act_vocab")  # [batch x length, V]
-
-
-def _equations(vocab_major: bool) -> tuple[str, str]:
-    """(logits, d hidden) einsum equations for a [V, E] or an [E, V] weight."""
-    if vocab_major:
-        return "ble,ve->blv", "blv,ve->ble"
-    return "ble,ev->blv", "blv,ev->ble"
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -45,8 +38,7 @@ def _head_ce(h, weight, labels, weights, vocab_major):
 
 
 def _head_ce_fwd(h, weight, labels, weights, vocab_major):
-    eq_logits, _ = _equations(vocab_major)
-    logits = shard_activation(jnp.einsum(eq_logits, h, weight), LOGIT_AXES)
+    logits = project_logits(h, weight, vocab_major)
     # 2-D [tokens, V] from here on: with equal operand and result shapes XLA can write e over
     # the logits and, in the backward, d logits over e in place
     logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
@@ -61,12 +53,11 @@ def _head_ce_fwd(h, weight, labels, weights, vocab_major):
 
 def _head_ce_bwd(vocab_major, res, g):
     h, weight, e, total_exp, labels, weights = res
-    _, eq_dh = _equations(vocab_major)
     vocab = jax.lax.broadcasted_iota(labels.dtype, e.shape, 1)
     scale = (g * weights).reshape(-1, 1)
     d_logits = (e * (1.0 / total_exp)[:, None] - (vocab == labels.reshape(-1, 1))) * scale
     d_logits = shard_activation(d_logits.astype(h.dtype), FLAT_LOGIT_AXES)
-    d_h = jnp.einsum(eq_dh, d_logits.reshape(h.shape[:-1] + e.shape[-1:]), weight)
+    d_h = (d_logits @ weight if vocab_major else d_logits @ weight.T).reshape(h.shape)
     # one contraction over the flat token axis: XLA:CPU reads d logits as it is, where the
     # [B, L] contraction makes it write a transposed copy (and recompute d logits for it)
     flat_h = h.reshape(-1, h.shape[-1])
@@ -88,4 +79,4 @@ def head_cross_entropy(h, weight, labels, weights, *, vocab_major: bool):
     return _head_ce(h, weight, labels, weights, vocab_major), jnp.sum(weights)
 
 
-__all__ = ["head_cross_entropy", "LOGIT_AXES"]
+__all__ = ["head_cross_entropy"]

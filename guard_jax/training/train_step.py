@@ -34,7 +34,15 @@ def token_cross_entropy(logits, labels, mask):
 def next_token_loss(model, batch):
     """Mean next-token cross-entropy over `loss_mask` (labels = input_ids shifted left)."""
     fwd = {k: batch[k] for k in FORWARD_KEYS if k in batch}
-    h = model.hidden_states(**fwd)
+    total, count = lm_head_loss(model, model.hidden_states(**fwd), batch)
+    loss = total / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "tokens": count}
+
+
+def lm_head_loss(model, h, batch):
+    """(sum, count) of the float32 cross-entropy of the lm head on final hidden states h
+    against batch["labels"] over batch["loss_mask"]; without them, input_ids shifted left over
+    the shifted attention mask."""
     labels = batch.get("labels")
     mask = batch.get("loss_mask")
     if labels is None:
@@ -44,9 +52,7 @@ def next_token_loss(model, batch):
         mask = jnp.concatenate([batch["attention_mask"][:, 1:],
                                 jnp.zeros_like(batch["attention_mask"][:, :1])], axis=1)
     weight, vocab_major = model.text.head_weight(h.dtype)
-    total, count = head_cross_entropy(h, weight, labels, mask, vocab_major=vocab_major)
-    loss = total / jnp.maximum(count, 1.0)
-    return loss, {"loss": loss, "tokens": count}
+    return head_cross_entropy(h, weight, labels, mask, vocab_major=vocab_major)
 
 
 def _fresh_state(params, trainable, tx, lora) -> dict:

@@ -88,6 +88,16 @@ def _swiglu_mlp_bwd(axes, res, dy):
 _swiglu_mlp.defvjp(_swiglu_mlp_fwd, _swiglu_mlp_bwd)
 
 
+LOGIT_AXES = ("act_batch", "act_length", "act_vocab")
+
+
+def project_logits(h, weight, vocab_major: bool):
+    """h [B, L, E] @ the output projection: [V, E] (vocab_major, the tied embedding) or
+    [E, V] (lm_head) -> logits [B, L, V] in h's dtype."""
+    out = jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, weight)
+    return shard_activation(out, LOGIT_AXES)
+
+
 def rotate_half(x):
     h = x.shape[-1] // 2
     return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
@@ -358,9 +368,7 @@ class TextModel(nnx.Module):
         return self.lm_head[...].astype(dtype), False
 
     def logits(self, h):
-        w, vocab_major = self.head_weight(h.dtype)
-        out = jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, w)
-        return shard_activation(out, ("act_batch", "act_length", "act_vocab"))
+        return project_logits(h, *self.head_weight(h.dtype))
 
 
 # ---------------------------------------------------------------------------- the VLM
@@ -489,4 +497,5 @@ def abstract_model(config: Qwen25VLConfig) -> Qwen25VL:
     return nnx.eval_shape(lambda: Qwen25VL(config, rngs=nnx.Rngs(0)))
 
 
-__all__ = ["Qwen25VL", "init_model", "abstract_model", "rms_norm", "mrope_cos_sin"]
+__all__ = ["Qwen25VL", "init_model", "abstract_model", "rms_norm", "mrope_cos_sin", "project_logits",
+           "LOGIT_AXES"]
