@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# name -> (module, help). Later: data, sft, rollout, reward.
+# name -> (module, help)
 BENCHES = {
     "model": ("guard_jax.bench.model_bench",
               "Qwen2.5-VL train step: ours (JAX) vs transformers+torch, 7B compile time, MFU"),
@@ -24,6 +24,8 @@ BENCHES = {
                "recipe rewards inside jit vs host decode + Python references (sequences/s)"),
     "rollout": ("guard_jax.bench.rollout_bench",
                 "generate tokens/s: ours (KV cache, while_loop) vs transformers; HBM roofline"),
+    "grpo": ("guard_jax.bench.grpo_bench",
+             "GRPO update micro-batch: fused head + log-softmax vs autodiff (time, memory)"),
 }
 
 

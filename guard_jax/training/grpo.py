@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from guard_jax.training import grpo_loss as L
+from guard_jax.training.head_loss import head_token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,13 @@ def prompt_inputs(raw: dict, mc) -> dict:
 
 
 # ---------------------------------------------------------------------------- the forward
-def completion_logprobs(model, batch: dict, *, temperature: float, with_entropy: bool):
-    """log p [B, N] (and entropy) of the completions under the model.
+def completion_logprobs(model, batch: dict, *, temperature: float, with_entropy: bool,
+                        entropy_grad: bool = True, fused: bool = True):
+    """log p [B, N] (and entropy) of the completions under the model, through the fused
+    output projection + log-softmax (head_loss.head_token_logprobs: one float32
+    [tokens, vocab] buffer for the backward pass). `entropy_grad=False`: the entropy is a
+    value only (a loss without an entropy term). `fused=False`: autodiff of the plain
+    logits + grpo_loss.token_logprobs instead (the reference, and `bench grpo`'s peer).
 
     batch: prompt inputs for the micro-batch's n_p prompts (input_ids [n_p, L] left-padded,
     attention_mask, position_ids (3, n_p, L), vision arrays) and `completion` /
@@ -100,9 +106,14 @@ def completion_logprobs(model, batch: dict, *, temperature: float, with_entropy:
                            jnp.broadcast_to(cpos[None], (3,) + comp.shape)], axis=2)
     mask = jnp.concatenate([jnp.repeat(mask, rep, axis=0), cmask.astype(mask.dtype)], axis=1)
     h = model.text.decoder(x, pos, mask)
-    # the logits at position i predict token i + 1: the last prompt token predicts comp[0]
-    logits = model.text.logits(h[:, length - 1:length + n - 1])
-    return L.token_logprobs(logits, comp, temperature=temperature, with_entropy=with_entropy)
+    # the hidden state at position i predicts token i + 1: the last prompt token predicts comp[0]
+    if not fused:
+        return L.token_logprobs(model.text.logits(h[:, length - 1:length + n - 1]), comp,
+                                temperature=temperature, with_entropy=with_entropy)
+    weight, vocab_major = model.text.head_weight(h.dtype)
+    return head_token_logprobs(h[:, length - 1:length + n - 1], weight, comp,
+                               vocab_major=vocab_major, temperature=temperature,
+                               with_entropy=with_entropy, entropy_grad=entropy_grad)
 
 
 def micro_slices(start: int, stop: int, size: int, g: int):
@@ -164,9 +175,10 @@ def _logprobs(graphdef, mesh, temperature, params, batch):
                                    with_entropy=False)[0]
 
 
-def _loss(g: dict, accum: int, model, batch):
+def _loss(g: dict, accum: int, model, batch, fused: bool = True):
     logp, entropy = completion_logprobs(model, batch, temperature=g["temperature"],
-                                        with_entropy=True)
+                                        with_entropy=True,
+                                        entropy_grad=bool(g["entropy_coeff"]), fused=fused)
     loss, metrics = L.policy_loss(
         logp, batch["old_logp"], batch["advantages"], batch["weights"],
         clip_ratio_low=batch["eps_low"], clip_ratio_high=batch["eps_high"],
