@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--mfu-seq-len", type=int, default=4096, help="tokens per sequence for --mfu (4096)")
     a("--mfu-steps", type=int, default=10, help="timed steps for --mfu (10)")
     a("--mfu-remat", choices=REMAT_POLICIES, default="dots_no_batch",
-      help="remat for --mfu (dots_no_batch: 'none' runs out of memory for the 3B at 4096 "
-           "tokens with AdamW state on an 80 GB H100)")
+      help="remat for --mfu (dots_no_batch: 'none' ran out of memory for the 3B at 4096 "
+           "tokens with AdamW state on an 80 GB H100 before the fused LM head + loss; not "
+           "re-measured since)")
     a("--mfu-scan-unroll", type=int, default=1,
       help="decoder layers per scan iteration for --mfu (Qwen25VLConfig.scan_unroll)")
     a("--mfu-config", choices=("3b", "7b", "small", "tiny"), default="3b",
