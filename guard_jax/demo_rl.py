@@ -18,7 +18,9 @@ fused GRPO head, seeds 3, 4 and 5 raise the reward by 0.32-1.0 and F1 0.503 -> 0
 and 6 collapse towards answering "safe" (F1 0.0-0.29); seed 1 rises by 0.185 (F1 0.734). Before
 the fused head, whose rounding differs at 1e-6, seed 0 passed and seeds 1 and 2 collapsed.
 `guard-jax demo` uses `--rl-seed` 3. Lower learning rates, 8 prompts per step, a KL term or a
-later start checkpoint did not make it robust (README, GRPO section).
+later start checkpoint did not make it robust. A 10-step warmup removes the collapses (F1 0.60-0.78
+on every seed tried). It also removes most of the reward "rise", which was largely recovery from
+the first full-size AdamW steps, so the 0.2 rise criterion then fails (README, GRPO section).
 """
 
 from __future__ import annotations
