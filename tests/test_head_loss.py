@@ -25,8 +25,12 @@ def _inputs(vocab_major: bool, seed: int = 0):
     return h, w, labels, mask
 
 
+def _logits(h, w, vocab_major):
+    return jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, w)
+
+
 def _reference(h, w, labels, mask, vocab_major):
-    logits = jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, w)
+    logits = _logits(h, w, vocab_major)
     total, count = token_cross_entropy(logits, labels, mask)
     return total / count
 
@@ -86,8 +90,7 @@ def _logp_loss(fused: bool, vocab_major: bool, temperature: float, entropy: str)
                 h, w, tokens, vocab_major=vocab_major, temperature=temperature,
                 with_entropy=entropy != "none", entropy_grad=entropy == "grad")
         else:
-            logits = jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, w)
-            logp, ent = token_logprobs(logits, tokens, temperature=temperature,
+            logp, ent = token_logprobs(_logits(h, w, vocab_major), tokens, temperature=temperature,
                                        with_entropy=entropy == "grad")
         loss = jnp.sum(r1 * logp)
         if ent is not None:
@@ -114,9 +117,8 @@ def test_token_logprobs_match_autodiff(vocab_major, temperature, entropy):
     if entropy == "none":
         assert ent is None
     else:
-        _, full_ent = token_logprobs(
-            jnp.einsum("ble,ve->blv" if vocab_major else "ble,ev->blv", h, w), tokens,
-            temperature=temperature, with_entropy=True)
+        _, full_ent = token_logprobs(_logits(h, w, vocab_major), tokens,
+                                     temperature=temperature, with_entropy=True)
         np.testing.assert_allclose(ent, full_ent, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dh, ref_dh, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-6)
@@ -137,7 +139,7 @@ def test_token_logprobs_entropy_gradient_finite_when_probabilities_underflow():
     r = jnp.ones((B, L), jnp.float32)
     (_, (_, ent)), (dh, dw) = _logp_loss(True, True, 1.0, "grad")(h, w, tokens, r, r)
     (_, _), (ref_dh, ref_dw) = _logp_loss(False, True, 1.0, "grad")(h, w, tokens, r, r)
-    logits = jnp.einsum("ble,ve->blv", h, w)
+    logits = _logits(h, w, True)
     assert float(jnp.mean(jnp.exp(logits - logits.max(-1, keepdims=True)) == 0)) > 0.5
     assert bool(jnp.all(jnp.isfinite(dh))) and bool(jnp.all(jnp.isfinite(dw)))
     assert bool(jnp.all(jnp.isfinite(ent)))

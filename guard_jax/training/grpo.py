@@ -107,11 +107,12 @@ def completion_logprobs(model, batch: dict, *, temperature: float, with_entropy:
     mask = jnp.concatenate([jnp.repeat(mask, rep, axis=0), cmask.astype(mask.dtype)], axis=1)
     h = model.text.decoder(x, pos, mask)
     # the hidden state at position i predicts token i + 1: the last prompt token predicts comp[0]
+    h = h[:, length - 1:length + n - 1]
     if not fused:
-        return L.token_logprobs(model.text.logits(h[:, length - 1:length + n - 1]), comp,
-                                temperature=temperature, with_entropy=with_entropy)
+        return L.token_logprobs(model.text.logits(h), comp, temperature=temperature,
+                                with_entropy=with_entropy)
     weight, vocab_major = model.text.head_weight(h.dtype)
-    return head_token_logprobs(h[:, length - 1:length + n - 1], weight, comp,
+    return head_token_logprobs(h, weight, comp,
                                vocab_major=vocab_major, temperature=temperature,
                                with_entropy=with_entropy, entropy_grad=entropy_grad)
 

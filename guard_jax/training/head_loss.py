@@ -40,16 +40,20 @@ from guard_jax.sharding import shard_activation
 FLAT_LOGIT_AXES = ("act_batch", "act_vocab")  # [batch x length, V]
 
 
+def _flat_logits(h, weight, vocab_major):
+    """float32 logits as 2-D [tokens, V]: with equal operand and result shapes from here on, XLA
+    can write e over the logits and, in the backward, d logits over e in place."""
+    logits = project_logits(h, weight, vocab_major)
+    return logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _head_ce(h, weight, labels, weights, vocab_major):
     return _head_ce_fwd(h, weight, labels, weights, vocab_major)[0]
 
 
 def _head_ce_fwd(h, weight, labels, weights, vocab_major):
-    logits = project_logits(h, weight, vocab_major)
-    # 2-D [tokens, V] from here on: with equal operand and result shapes XLA can write e over
-    # the logits and, in the backward, d logits over e in place
-    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    logits = _flat_logits(h, weight, vocab_major)
     top = jnp.max(logits, axis=-1, keepdims=True)
     picked = jnp.take_along_axis(logits, labels.reshape(-1, 1), axis=-1)[:, 0]
     e = shard_activation(jnp.exp(logits - top), FLAT_LOGIT_AXES)
@@ -102,8 +106,7 @@ def _head_logp(h, weight, tokens, vocab_major, temperature, with_entropy, entrop
 
 
 def _head_logp_fwd(h, weight, tokens, vocab_major, temperature, with_entropy, entropy_grad):
-    logits = project_logits(h, weight, vocab_major)
-    x = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)  # 2-D, as in _head_ce
+    x = _flat_logits(h, weight, vocab_major)
     if temperature != 1.0:
         x = x / temperature
     top = jnp.max(x, axis=-1, keepdims=True)
