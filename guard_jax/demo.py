@@ -31,12 +31,11 @@ import time
 
 PARITY_TOL = 1e-4
 MIN_F1_GAIN = 0.3  # "clearly better": the after-training F1 must beat the before by this much
-# stage 2: last-10% mean reward minus first-10% (SafeGuard-VL rewards span 0..~3.7; a 6-step
+# stage 2: last-10% mean reward minus first-10% (SafeGuard-VL rewards span 0..3; a 6-step
 # mean varies by about 0.1 between seeds)
 MIN_REWARD_GAIN = 0.2
-# GRPO's seed. At the demo's settings seeds 3, 4 and 5 give the required rise; 0, 2 and 6
-# collapse to answering "safe" (README, GRPO section).
-RL_SEED = 3
+# GRPO's seed (README, GRPO section, lists the seeds measured at the demo's RL settings).
+RL_SEED = 0
 # The SFT run saves (and keeps) a checkpoint every steps/10; stage 2 starts from the earliest
 # (step 60 of 600: the format is learnt, about 60% of the verdicts are right, so the reward has
 # room to rise). Measured alternatives: from step 20 greedy decoding parses but sampled outputs
@@ -63,9 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rl-steps", type=int, default=60,
                    help="GRPO steps of stage 2 (0 skips the RL stage)")
     p.add_argument("--rl-seed", type=int, default=RL_SEED,
-                   help="seed of the GRPO stage (sampling keys, loader order). GRPO on this "
-                        "tiny task is seed-sensitive: README, GRPO section, has the measured "
-                        f"seeds ({RL_SEED} by default)")
+                   help="seed of the GRPO stage (sampling keys, loader order); README, GRPO "
+                        "section, has the seeds measured")
     p.add_argument("--min-reward-gain", type=float, default=MIN_REWARD_GAIN,
                    help="fail unless the mean reward of the last 10%% of the GRPO steps beats "
                         "the first 10%% by this much")

@@ -9,18 +9,27 @@ recipe's parser) and the reward and loss curves as PNG files.
 
 Headroom: the reward can only rise where the policy still errs. `guard-jax demo` keeps a
 checkpoint every 10% of its SFT steps and starts here from the earliest (step 60 of 600: the
-format is learnt and about 60% of the verdicts are right). From step 20 greedy outputs parse
-but sampled ones mostly do not, and GRPO loses the format (F1 0.75 -> 0.00); from the final SFT
-checkpoint the reward has little room (README, GRPO section).
+format is learnt and about 60% of the verdicts are right). From the final SFT checkpoint the
+reward has little room, and from step 120, GRPO with 4 prompts and no KL term lowered F1 at 4
+of 5 seeds (README, GRPO section).
 
-Seed sensitivity: with 4 prompts per step the run is chaotic. Measured from step 60 with the
-fused GRPO head, seeds 3, 4 and 5 raise the reward by 0.32-1.0 and F1 0.503 -> 0.734; seeds 0, 2
-and 6 collapse towards answering "safe" (F1 0.0-0.29); seed 1 rises by 0.185 (F1 0.734). Before
-the fused head, whose rounding differs at 1e-6, seed 0 passed and seeds 1 and 2 collapsed.
-`guard-jax demo` uses `--rl-seed` 3. Lower learning rates, 8 prompts per step, a KL term or a
-later start checkpoint did not make it robust. A 10-step warmup removes the collapses (F1 0.60-0.78
-on every seed tried). It also removes most of the reward "rise", which was largely recovery from
-the first full-size AdamW steps, so the 0.2 rise criterion then fails (README, GRPO section).
+Settings (measured over seeds from one SFT run; README, GRPO section, has the table):
+- 8 prompts x G 8 per step. With 4 prompts, runs drifted to answering "safe" for most images
+  (held-out F1 0.0) at 3 of 7 seeds.
+- 10 warmup steps. Without them the first full-size AdamW steps knock the sampled reward down,
+  and what used to pass as a "rise" was largely the recovery from that dip.
+- Rollout temperature 1.2 (the loss's log-probs use the same temperature). At 1.0 the SFT
+  checkpoint's samples are nearly deterministic (entropy 0.1 nats a token): most groups soon
+  have equal rewards and no advantage, and the reward rose by only 0.1-0.2 in 120 steps.
+- A KL term to the start model (0.05, low-variance k3). The reward says nothing about the
+  reasoning text beyond its length, and without the KL term GRPO rewrote it into repetitions
+  ("yellow yellow yellow is safe") while the answers drifted to one verdict for every image:
+  the training reward still rose (the SafeGuard-VL reward pays a well-formed wrong answer 1.0
+  and a right "unsafe" 2.0, so always "unsafe" earns 1.5 on this balanced data) and so did F1
+  (always "unsafe" scores 0.73 on the held-out split), but accuracy fell. With the KL term
+  both verdicts stay in use and held-out accuracy rose at 7 of 8 seeds. The reward still
+  favours "unsafe" by design, so F1 can rise while accuracy falls (one whole demo at another
+  data seed: 0.675 -> 0.620); the stage prints accuracy next to F1 for that reason.
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ import json
 import os
 import time
 
-# Stage-2 settings sized for ~4 minutes on 2 CPU cores (README, GRPO section).
+# Stage-2 settings, about 2 minutes on 2 CPU cores (module docstring; README, GRPO section).
 NUM_GENERATIONS = 8
-PROMPTS_PER_STEP = 4
+PROMPTS_PER_STEP = 8
 MAX_NEW_TOKENS = 40  # the eval's budget; the SFT targets take 25-35 tokens
 LEARNING_RATE = 5e-4
+WARMUP_STEPS = 10
+TEMPERATURE = 1.2  # rollouts and the loss's log-probs; the evaluations stay greedy
+KL_COEF = 0.05  # low-variance KL to the start model, as a loss term
 UPDATES_PER_STEP = 1  # mini-batches per rollout step
 
 
@@ -50,12 +62,12 @@ def stage2_config(sft_run, *, hf_dir: str, workdir: str, steps: int, seed: int):
     mini = NUM_GENERATIONS * PROMPTS_PER_STEP // UPDATES_PER_STEP
     run.train.update(global_batch=mini, micro_batch=mini, steps=steps, seed=seed,
                      log_every=1, checkpoint_every=max(steps // 2, 1), keep_checkpoints=1)
-    run.optim.update(lr=LEARNING_RATE, warmup_steps=0, schedule="constant", weight_decay=0.0,
-                     grad_clip=1.0)
+    run.optim.update(lr=LEARNING_RATE, warmup_steps=min(WARMUP_STEPS, max(steps - 1, 0)),
+                     schedule="constant", weight_decay=0.0, grad_clip=1.0)
     run.grpo.update(num_generations=NUM_GENERATIONS, prompts_per_step=PROMPTS_PER_STEP,
                     rollout_chunk_prompts=PROMPTS_PER_STEP, max_prompt_len=run.data.seq_len,
-                    max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, reward="safeguard_vl",
-                    dynamic_sampling="mask", kl_coef=0.0, num_epochs=1)
+                    max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, reward="safeguard_vl",
+                    dynamic_sampling="mask", kl_coef=KL_COEF, num_epochs=1)
     validate(run)
     return run
 
@@ -146,13 +158,15 @@ def run_stage2(workdir, sft_run, sft_checkpoint_dir, *, steps: int = 60, seed: i
     plots = plot_curves(rows, workdir)
     result = {"sft_start_step": start, "grpo_steps": len(rows), "reward_first_10pct": first,
               "reward_last_10pct": last, "f1_before_rl": before.scores.f1,
-              "f1_after_rl": after.scores.f1, "reward_png": plots["reward"],
+              "f1_after_rl": after.scores.f1, "accuracy_before_rl": before.scores.accuracy,
+              "accuracy_after_rl": after.scores.accuracy, "reward_png": plots["reward"],
               "loss_png": plots["loss"], "train_s": round(train_s, 1),
               "wall_s": round(time.perf_counter() - t0, 1)}
     with open(os.path.join(workdir, "stage2_summary.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"[demo] GRPO from SFT step {start}: mean reward first 10% {first:.3f} -> last 10% "
-          f"{last:.3f}; held-out F1 {before.scores.f1:.3f} -> {after.scores.f1:.3f} "
+          f"{last:.3f}; held-out F1 {before.scores.f1:.3f} -> {after.scores.f1:.3f}, accuracy "
+          f"{before.scores.accuracy:.3f} -> {after.scores.accuracy:.3f} "
           f"({result['wall_s']:.0f}s; curves {plots['reward']}, {plots['loss']})", flush=True)
     return result
 

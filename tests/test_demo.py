@@ -24,7 +24,8 @@ def test_demo_runs_every_stage(tmp_path, capsys):
     # stage 2 starts from the SFT run's earliest checkpoint and reports its figures and curves
     rl = summary["rl"]
     assert rl["sft_start_step"] == 1 and rl["grpo_steps"] == 2 and rl["ok"]
-    for key in ("reward_first_10pct", "reward_last_10pct", "f1_before_rl", "f1_after_rl"):
+    for key in ("reward_first_10pct", "reward_last_10pct", "f1_before_rl", "f1_after_rl",
+                "accuracy_before_rl", "accuracy_after_rl"):
         assert rl[key] == rl[key], key  # finite figures, not NaN
     assert (tmp_path / "rl" / "grpo_reward.png").stat().st_size > 1000
     assert (tmp_path / "eval_after" / "prompt" / "report.md").is_file()
