@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from guard_jax.bench import add_arguments, flops, main
@@ -129,3 +130,20 @@ def test_peak_flops_table():
     assert flops.peak_flops("TPU v5 lite") is None
     assert flops.peak_flops("cpu") is None
     assert flops.mfu(1e12, 2.0, 1e12) == 0.5
+
+
+def test_run_mfu_step_runs_on_cpu():
+    """The MFU measurement only runs on a GPU/TPU from the CLI, and GPU time is scarce: its step
+    (bf16, the default remat, no padding mask so the decoder attention is purely causal) must
+    build, compile and train here on the tiny config, so a GPU session measures rather than
+    debugs."""
+    from guard_jax.bench import model_bench
+
+    c = model_bench.make_config("tiny", "bfloat16", "dots_no_batch")
+    res = model_bench.run_mfu(c, 64, 56, 2)
+    assert res["padding_mask"] is False and res["remat"] == "dots_no_batch"
+    assert res["image_tokens"] == 4 and res["seq_len"] == 64
+    assert np.isfinite(res["loss"]) and res["loss"] > 0
+    assert res["model_flops_per_step"] > 0 and res["tokens_per_s"] > 0
+    assert len(res["times_s"]) == 2
+    assert res["peak_flops"] is None and res["mfu"] is None  # no peak figure for a CPU

@@ -85,3 +85,19 @@ def test_loss_check_fails_on_mismatch():
 def test_unmirrored_settings_are_refused():
     with pytest.raises(SystemExit, match="optim.freeze"):
         cli.main(["bench", "sft", *TINY, "--config.optim.freeze=^visual"])
+
+
+def test_run_mfu_step_runs_on_cpu():
+    """`bench sft --mfu` only runs on a GPU from the CLI; its step (full-length sequences with
+    an image, the run config's own dtype) must build and train here on the tiny config."""
+    from guard_jax.run_config import load_config
+
+    run = load_config(sft_bench.DEFAULT_CONFIG, [*TINY, "--config.data.max_pixels=12544",
+                                                 "--config.model.dtype=bfloat16"])
+    res = sft_bench.run_mfu(run, steps=1, seed=0)
+    b = res["batch"]
+    assert b["micro_batch"] == 2 and b["seq_len"] == 48 and b["tokens"] == 96  # min_fill 1.0
+    assert b["images"] == 2 and b["image_tokens"] > 0 and res["dtype"] == "bfloat16"
+    assert res["model_flops_per_step"] > 0 and res["ours"]["median_s"] > 0
+    assert all(np.isfinite(res["ours"]["losses"]))
+    assert res["peak_flops"] is None and res["mfu"] is None  # no peak figure for a CPU
