@@ -14,13 +14,13 @@ reward has little room, and from step 120, GRPO with 4 prompts and no KL term lo
 of 5 seeds (README, GRPO section).
 
 Settings (measured over seeds from one SFT run; README, GRPO section, has the table):
-- 8 prompts x G 8 per step. With 4 prompts, runs drifted to answering "safe" for most images
-  (held-out F1 0.0) at 3 of 7 seeds.
+- 8 prompts x G 8 per step. With 4 prompts (and none of the settings below) 3 of 7 seeds ended
+  at held-out F1 0.0; at seeds 2 and 6 no greedy answer parsed any more.
 - 10 warmup steps. Without them the first full-size AdamW steps knock the sampled reward down,
   and what used to pass as a "rise" was largely the recovery from that dip.
 - Rollout temperature 1.2 (the loss's log-probs use the same temperature). At 1.0 the SFT
   checkpoint's samples are nearly deterministic (entropy 0.1 nats a token): most groups soon
-  have equal rewards and no advantage, and the reward rose by only 0.1-0.2 in 120 steps.
+  have equal rewards and no advantage, and the reward rose by at most 0.17 in 60-120 steps.
 - A KL term to the start model (0.05, low-variance k3). The reward says nothing about the
   reasoning text beyond its length, and without the KL term GRPO rewrote it into repetitions
   ("yellow yellow yellow is safe") while the answers drifted to one verdict for every image:
