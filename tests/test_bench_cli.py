@@ -3,37 +3,31 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from guard_jax.bench import add_arguments, flops, main
+from bench_args import parse_bench
+from guard_jax.bench import flops, main
 from guard_jax.models.qwen2_5_vl.config import tiny
 
 
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(argv)
-
-
 def test_parser_defaults():
-    args = _parse(["model"])
+    args = parse_bench(["model"])
     assert args.config_size == "small" and args.seq_len == 512 and args.image_size == 448
     assert args.compile_config == "7b" and args.compile_seq_len == 4096
     assert not args.skip_torch and not args.skip_compile and not args.mfu
 
 
 def test_no_bench_named(capsys):
-    assert main(_parse([])) == 2
+    assert main(parse_bench([])) == 2
 
 
 def test_bench_model_tiny(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
-    args = _parse(["model", "--config-size", "tiny", "--seq-len", "64", "--image-size", "56",
+    args = parse_bench(["model", "--config-size", "tiny", "--seq-len", "64", "--image-size", "56",
                    "--steps", "1", "--compile-config", "tiny", "--compile-seq-len", "64",
                    "--compile-image-size", "56", "--mfu", "--interleave", "--breakdown",
                    "--json", str(out)])
@@ -74,7 +68,7 @@ def test_bench_model_tiny(tmp_path, capsys):
 
 def test_bench_model_skip_torch_and_compile(tmp_path):
     out = tmp_path / "b.json"
-    args = _parse(["model", "--config-size", "tiny", "--seq-len", "32", "--image-size", "0",
+    args = parse_bench(["model", "--config-size", "tiny", "--seq-len", "32", "--image-size", "0",
                    "--steps", "1", "--skip-torch", "--skip-compile", "--breakdown",
                    "--json", str(out)])
     assert main(args) == 0

@@ -3,27 +3,21 @@ fields the README quotes (no timing assertions)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from guard_jax.bench import add_arguments, main
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(argv)
+from bench_args import parse_bench
+from guard_jax.bench import main
 
 
 def test_parser_defaults():
-    args = _parse(["grpo"])
+    args = parse_bench(["grpo"])
     assert args.config_size == "small" and args.prompts * args.generations == 8
     assert args.new_tokens == 256 and args.entropy_coeff == 0.0
 
 
 def test_bench_grpo_tiny(tmp_path, capsys):
     out = tmp_path / "grpo.json"
-    assert main(_parse(["grpo", "--config-size", "tiny", "--prompt-len", "32", "--new-tokens",
+    assert main(parse_bench(["grpo", "--config-size", "tiny", "--prompt-len", "32", "--new-tokens",
                         "16", "--rounds", "1", "--entropy-coeff", "0.01", "--temperature",
                         "0.8", "--json", str(out)])) == 0
     text = capsys.readouterr().out

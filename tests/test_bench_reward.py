@@ -3,21 +3,15 @@ fields the README quotes (no timing assertions)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from guard_jax.bench import add_arguments, main
+from bench_args import parse_bench
+from guard_jax.bench import main
 from guard_jax.bench.reward_bench import RECIPES
 
 
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(argv)
-
-
 def test_parser_defaults():
-    args = _parse(["reward"])
+    args = parse_bench(["reward"])
     assert args.sequences == 512 and args.tokens == 1024
     assert args.recipes.split(",") == list(RECIPES)
 
@@ -26,7 +20,7 @@ def test_bench_reward_tiny(tmp_path, capsys):
     # one recipe keeps this to one compile; tests/test_rewards.py holds every recipe's
     # device reward equal to its reference
     out = tmp_path / "reward.json"
-    assert main(_parse(["reward", "--sequences", "8", "--tokens", "48", "--rounds", "1",
+    assert main(parse_bench(["reward", "--sequences", "8", "--tokens", "48", "--rounds", "1",
                         "--recipes", "guardreasoner_vl", "--json", str(out)])) == 0
     text = capsys.readouterr().out
     for needle in ("8 sequences x 48 tokens", "guardreasoner_vl", "jit:",
@@ -44,4 +38,4 @@ def test_bench_reward_tiny(tmp_path, capsys):
 def test_bench_reward_rejects_unknown_recipe():
     import pytest
     with pytest.raises(SystemExit, match="unknown recipes"):
-        main(_parse(["reward", "--recipes", "llamaguard"]))
+        main(parse_bench(["reward", "--recipes", "llamaguard"]))

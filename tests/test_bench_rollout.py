@@ -4,30 +4,24 @@ computation."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from guard_jax.bench import add_arguments, main
+from bench_args import parse_bench
+from guard_jax.bench import main
 from guard_jax.bench import rollout_bench as rb
 from guard_jax.models.qwen2_5_vl.config import tiny
 
 
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(argv)
-
-
 def test_parser_defaults():
-    a = _parse(["rollout"])
+    a = parse_bench(["rollout"])
     assert (a.config_size, a.batch, a.prompt_len, a.max_new_tokens) == ("small", 8, 64, 64)
     assert a.temperature == 0 and a.num_samples == 1 and not a.roofline
-    assert _parse(["rollout", "--gpu-roofline"]).roofline
+    assert parse_bench(["rollout", "--gpu-roofline"]).roofline
 
 
 def test_bench_rollout_tiny(tmp_path, capsys):
     out = tmp_path / "rollout.json"
-    args = _parse(["rollout", "--config-size", "tiny", "--batch", "2", "--prompt-len", "24",
+    args = parse_bench(["rollout", "--config-size", "tiny", "--batch", "2", "--prompt-len", "24",
                    "--max-new-tokens", "6", "--repeats", "1", "--roofline",
                    "--peak-bandwidth", "20", "--json", str(out)])
     assert main(args) == 0
