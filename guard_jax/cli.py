@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         # a single process is left alone.
         from guard_jax import distributed
         distributed.initialize()
-    return int(importlib.import_module(args._module).main(args) or 0)
+    from guard_jax.errors import EXIT_INPUT, InputError
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except InputError as e:  # one line, no traceback (docs/errors.md)
+        print(f"guard-jax {args.command}: {e}", file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":
