@@ -1,10 +1,12 @@
 """The grain loader: samples -> rendered, tokenised, image-preprocessed, static-shape batches.
 
-Pipeline: source -> this process's shard -> seeded shuffle (reshuffled every epoch) -> per
-sample: render the recipe's prompt, load and preprocess images, tokenize with loss mask ->
-drop (and count) bad samples in skip mode -> batches padded to the smallest configured length
-bucket that fits the batch -> optional worker processes. The iterator's state (get_state /
-set_state) is checkpointable, so a resumed run sees exactly the batches it would have seen.
+Pipeline: source -> seeded shuffle, a fresh permutation of the whole dataset each epoch ->
+repeat -> this process's share (every shard_count-th element of that sequence) -> per sample:
+render the recipe's prompt, load and preprocess images, tokenize with loss mask -> drop (count
+and quarantine) bad samples in skip mode -> batches padded to the smallest configured length
+bucket that fits the batch -> optional worker processes. Over all processes, each epoch's
+records are every record exactly once. The iterator's state (get_state / set_state) is
+checkpointable, so a resumed run sees exactly the batches it would have seen. See docs/data.md.
 
 Batches are plain numpy dicts; model-specific index work (M-RoPE positions, vision windows)
 happens in the trainer, which keeps this package free of model code.
@@ -22,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.image_processing import PATCH_SIZE, preprocess_images
+from data_pipeline.local_files import load_tokenizer
 from data_pipeline.prompts import render
 from data_pipeline.schema import Sample, SampleError
-from data_pipeline.tokenize import tokenize_rendered
+from data_pipeline.tokenize import TokenizeError, tokenize_rendered
 
 SKIP = "_skip"
 
@@ -65,19 +68,16 @@ class LoaderConfig:
         return self.images_per_sample * (self.max_pixels // (PATCH_SIZE * PATCH_SIZE))
 
 
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
-
-
 class ExampleTransform:
     """Sample -> dict of numpy arrays (unpadded length; padding happens per batch)."""
 
-    def __init__(self, config: LoaderConfig, tokenizer_dir: str, image_root: str | None):
+    def __init__(self, config: LoaderConfig, tokenizer_dir: str, image_root: str | None, *,
+                 tokenizer_key: str | None = None):
         self.config, self.tokenizer_dir, self.image_root = config, tokenizer_dir, image_root
+        self.tokenizer_key = tokenizer_key  # the config key tokenizer_dir came from, if any
         # Loaded here, not lazily: grain maps on reader threads, and transformers' lazy module
-        # import is not thread-safe.
-        self.tokenizer = _load_tokenizer(tokenizer_dir)
+        # import is not thread-safe. Local folders only (docs/data.md).
+        self.tokenizer = load_tokenizer(tokenizer_dir, key=tokenizer_key)
 
     def __getstate__(self):  # worker processes load their own copy
         d = dict(self.__dict__)
@@ -86,11 +86,11 @@ class ExampleTransform:
 
     def __setstate__(self, d):
         self.__dict__.update(d)
-        self.tokenizer = _load_tokenizer(self.tokenizer_dir)
+        self.tokenizer = load_tokenizer(self.tokenizer_dir, key=self.tokenizer_key)
 
     def __call__(self, sample: Sample) -> dict[str, Any]:
         try:
-            return self._example(sample)
+            return self.example(sample)
         except SampleError as e:
             if self.config.on_error == "fail":
                 raise
@@ -121,7 +121,10 @@ class ExampleTransform:
             raise SampleError("bad_image", f"cannot load image: {e}", file=ref.path,
                               record=sample.id, field=field) from e
 
-    def _example(self, sample: Sample) -> dict[str, Any]:
+    def example(self, sample: Sample) -> dict[str, Any]:
+        """The sample's arrays. Whatever this one record gets wrong (its text, its images, its
+        length for this recipe) raises `SampleError` naming record and field; a problem with
+        the set-up (tokenizer, code) raises anything else."""
         c = self.config
         try:
             rendered = render(c.recipe, sample, **dict(c.recipe_options))
@@ -139,12 +142,15 @@ class ExampleTransform:
         try:
             pv, grid = preprocess_images(images, min_pixels=c.min_pixels,
                                          max_pixels=c.max_pixels)
-        except ValueError as e:
+        except (ValueError, OSError) as e:  # extreme aspect ratio, undecodable pixels
             raise SampleError("bad_image", str(e), record=sample.id, field="images") from e
         if len(pv) > c.max_patches:  # smart_resize may round a tiny image up past max_pixels
             raise SampleError("too_many_patches", f"{len(pv)} image patches, more than the "
                               f"budget {c.max_patches}", record=sample.id, field="images")
-        tok = tokenize_rendered(rendered, self.tokenizer, grid)
+        try:
+            tok = tokenize_rendered(rendered, self.tokenizer, grid)
+        except TokenizeError as e:  # e.g. a literal <|image_pad|> in the text
+            raise SampleError("bad_text", str(e), record=sample.id, field=e.field) from e
         n = len(tok.input_ids)
         if n > c.buckets[-1]:
             raise SampleError("too_long", f"{n} tokens, more than the largest bucket "
@@ -189,19 +195,27 @@ def pad_batch(examples: Sequence[dict[str, Any]], config: LoaderConfig) -> dict[
 
 
 def make_loader(source, config: LoaderConfig, *, tokenizer_dir: str,
-                image_root: str | None = None):
-    """A grain iterator of padded batches (call .get_state() / .set_state() to checkpoint)."""
+                image_root: str | None = None, tokenizer_key: str | None = None):
+    """A grain iterator of padded batches (call .get_state() / .set_state() to checkpoint).
+
+    `tokenizer_dir` must be a local folder; `tokenizer_key` names the config key it came from
+    (for the error message when it is not)."""
     import grain
 
+    transform = ExampleTransform(config, tokenizer_dir,
+                                 image_root or getattr(source, "image_root", None),
+                                 tokenizer_key=tokenizer_key)
     ds = grain.MapDataset.source(source)
-    if config.shard_count > 1:  # each process reads its own interleaved share
-        ds = ds[config.shard_index::config.shard_count]
+    if config.shuffle:
+        # Shuffle, then repeat: grain folds the epoch number into the seed, so every epoch is
+        # a fresh permutation of the whole dataset (never sampling with replacement).
+        ds = ds.shuffle(seed=config.seed)
     if config.num_epochs != 1:
         ds = ds.repeat(config.num_epochs)
-    if config.shuffle:
-        ds = ds.shuffle(seed=config.seed)  # over all epochs: a new order each epoch
-    transform = ExampleTransform(config, tokenizer_dir,
-                                 image_root or getattr(source, "image_root", None))
+    if config.shard_count > 1:
+        # Each process takes every shard_count-th element of that one global sequence, so the
+        # processes together see each epoch's records exactly once.
+        ds = ds[config.shard_index::config.shard_count]
     it = ds.map(transform).to_iter_dataset()
     it = it.filter(lambda e: SKIP not in e)
     it = it.batch(config.batch_size, drop_remainder=True,

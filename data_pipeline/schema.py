@@ -38,7 +38,15 @@ LABEL_SYNONYMS = {
 # "yes" is *safe*); converters pass their own meaning through `parse_label(extra=...)`.
 
 
-class SampleError(ValueError):
+class DataInputError(ValueError):
+    """Bad user input met in data_pipeline (a record, a file, a folder); the message is one line.
+
+    The `guard-jax` command line prints it like guard_jax's own `InputError` and exits 2
+    (docs/errors.md); data_pipeline never imports guard_jax, so this is its own base class.
+    """
+
+
+class SampleError(DataInputError):
     """Bad input: says which file, record and field."""
 
     def __init__(self, reason: str, message: str, *, file: str | None = None,

@@ -30,6 +30,14 @@ IMAGE_PAD_ID = 151655
 VIDEO_PAD_ID = 151656
 
 
+class TokenizeError(ValueError):
+    """The text of one sample cannot be tokenized as given; `field` says which text."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
 class Tokenized(NamedTuple):
     input_ids: np.ndarray  # int32 [L]
     attention_mask: np.ndarray  # int32 [L], all ones (padding happens when batching)
@@ -85,8 +93,8 @@ def _check_text(messages):
             p.get("text", "") for p in content if p.get("type") == "text"]
         for t in texts:
             if IMAGE_PAD in t or VIDEO_PAD in t:
-                raise ValueError(f"message {i} ({m['role']}) contains a literal {IMAGE_PAD} or "
-                                 f"{VIDEO_PAD} in its text; images must be image parts")
+                raise TokenizeError(f"message {i} ({m['role']}) contains a literal {IMAGE_PAD} or "
+                                 f"{VIDEO_PAD} in its text; images must be image parts", f"messages[{i}]")
 
 
 def render_and_tokenize(messages, target: str | None, tokenizer, image_grids, *,
@@ -118,13 +126,14 @@ def render_and_tokenize(messages, target: str | None, tokenizer, image_grids, *,
             raise ValueError("add_generation_prompt must be False when a target is given (the "
                              "assistant turn is rendered)")
         if IMAGE_PAD in target or VIDEO_PAD in target:
-            raise ValueError(f"the target contains {IMAGE_PAD} or {VIDEO_PAD}")
+            raise TokenizeError(f"the target contains {IMAGE_PAD} or {VIDEO_PAD}", "target")
         full = render(messages + [{"role": "assistant", "content": target}], False)
         prefix = render(messages, True)
         rest = full[len(prefix):]
         if not full.startswith(prefix) or not rest.startswith(target + IM_END):
-            raise ValueError("the chat template does not render the assistant turn as the "
-                             "generation prompt followed by the target and <|im_end|>")
+            raise TokenizeError("the chat template does not render the assistant turn as the "
+                                "generation prompt followed by the target and <|im_end|>",
+                                "target")
     prefix = expand_image_pads(prefix, counts)
     text = prefix + rest
 
