@@ -3,11 +3,16 @@
 
     guard-jax eval --predictions FILE_OR_DIR --recipe R --task T [--rule clean|...] [--out DIR]
     guard-jax eval --config configs/eval/X.py (--checkpoint DIR | --hf-dir DIR) --out DIR
+
+Bad input raises `InputError` (one line, exit 2); with --config every input is checked before
+the model loads (`runner.check_inputs`, docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 import argparse
+
+from guard_jax.errors import InputError
 
 RECIPES = ("guardreasoner_vl", "guardreasoner", "proguard", "safeguard_vl", "llavaguard")
 TASK_CHOICES = ("prompt", "response", "refusal", "prompt_harmfulness", "response_harmfulness",
@@ -58,7 +63,7 @@ def _modalities(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, mod = item.partition("=")
         if not sep or mod not in MODALITIES:
-            raise SystemExit(f"--modality {item!r}: expected NAME=MODALITY with MODALITY one of "
+            raise InputError(f"--modality {item!r}: expected NAME=MODALITY with MODALITY one of "
                              f"{MODALITIES}")
         out[name] = mod
     return out
@@ -81,7 +86,7 @@ def _finish(report, out, errors=()) -> int:
 def _predictions(args) -> int:
     from guard_jax.evaluation.predictions import Fields, score_predictions
     if not args.recipe or not args.task:
-        raise SystemExit("guard-jax eval --predictions needs --recipe and --task")
+        raise InputError("--predictions needs --recipe and --task")
     fields = Fields(prompt=args.field_prompt, label=args.field_label, output=args.field_output,
                     tokens=args.field_tokens, group=args.field_group,
                     category=args.field_category)
@@ -102,8 +107,9 @@ def _run_config(args) -> int:
     from guard_jax.evaluation.runner import evaluate_config
     from guard_jax.run_config import load_config
     if not (args.checkpoint or args.hf_dir):
-        raise SystemExit("guard-jax eval --config needs --checkpoint DIR or --hf-dir DIR")
+        raise InputError("--config needs --checkpoint DIR or --hf-dir DIR")
     run = load_config(args.config, args.overrides)  # validated before any device work
+    # every input is checked (one InputError listing all) before the model loads
     reports = evaluate_config(run, checkpoint=args.checkpoint, hf_dir=args.hf_dir,
                               step=args.step, out_dir=args.out, name=args.name)
     for r in reports:
@@ -113,9 +119,9 @@ def _run_config(args) -> int:
 
 def main(args) -> int:
     if bool(args.predictions) == bool(args.config):
-        raise SystemExit("guard-jax eval: give exactly one of --predictions or --config")
+        raise InputError("give exactly one of --predictions or --config")
     if args.predictions:
         if args.overrides:
-            raise SystemExit("--config.* overrides need --config")
+            raise InputError("--config.* overrides need --config")
         return _predictions(args)
     return _run_config(args)

@@ -1,8 +1,9 @@
 """`guard-jax moderate`: one input through a guard model, one JSON verdict on stdout.
 
-    guard-jax moderate --model (HF_DIR | CKPT_DIR) --recipe R [--prompt TEXT] [--response TEXT]
+    guard-jax moderate --model (HF_DIR | CKPT_DIR) --recipe R
+        [--prompt TEXT | --prompt-file FILE] [--response TEXT | --response-file FILE]
         [--image PATH]... [--policy FILE] [--option KEY=VALUE]... [--max-new-tokens N]
-        [--dtype bfloat16|float32|float16] [--step N]
+        [--max-prompt-tokens N] [--dtype bfloat16|float32|float16] [--step N]
 
 The input goes the way of training and `guard-jax eval`: a `data_pipeline.schema.Sample` built
 from the arguments, the recipe's renderer (`data_pipeline.prompts`), the Qwen2-VL image
@@ -11,6 +12,12 @@ preprocessing, the chat template with the generation prompt, greedy decoding thr
 training checkpoint is first exported to a temporary HF directory, so the verdict comes from the
 very files transformers or vLLM would serve. Nothing here is device-specific: the model lands on
 JAX's default device (a GPU when there is one, else the CPU).
+
+Bad input raises `UsageError` (a `guard_jax.errors.InputError`: one line, exit 2) before the
+model loads where it can: arguments, text files, images (the checks of `guard-jax data build`,
+data_pipeline/image_validation.py), and, once the prompt is rendered and tokenized but before
+anything compiles, its length against --max-prompt-tokens and the model's context
+(docs/moderate.md).
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 from pathlib import Path
+
+from guard_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,33 +39,41 @@ class RecipeDefaults:
     reads_text: bool  # the prompt shows the user's text (the policy recipes judge images only)
     takes_response: bool
     takes_policy: bool
+    max_prompt_tokens: int  # eval.max_prompt_len: longer rendered prompts are refused
 
 
 # The settings of configs/eval/*.py, so a verdict here matches what `guard-jax eval` scores.
+# vlmguard_r1 has no eval config: its prompt cap is its training seq_len.
 RECIPES = {
     "guardreasoner_vl": RecipeDefaults("mode='sft',use_sample_instruction=False", 4096, 1003520,
-                                       True, True, False),
-    "proguard": RecipeDefaults("think_tag='thinking'", 1024, 1003520, True, True, False),
-    "safeguard_vl": RecipeDefaults("mode='eval'", 64, 1003520, False, False, True),
-    "llavaguard": RecipeDefaults("rationale_first=False", 512, 262144, False, False, True),
-    "vlmguard_r1": RecipeDefaults("", 1024, 1003520, True, False, False),
+                                       True, True, False, 8192),
+    "proguard": RecipeDefaults("think_tag='thinking'", 1024, 1003520, True, True, False, 4096),
+    "safeguard_vl": RecipeDefaults("mode='eval'", 64, 1003520, False, False, True, 4096),
+    "llavaguard": RecipeDefaults("rationale_first=False", 512, 262144, False, False, True, 8192),
+    "vlmguard_r1": RecipeDefaults("", 1024, 1003520, True, False, False, 4096),
 }
 MIN_PIXELS = 3136  # the run config's default (4 merged patches)
 POLICY_RECIPES = ("safeguard_vl", "llavaguard")
 
 
-class UsageError(ValueError):
-    """Bad arguments or input files; the message says which."""
+class UsageError(InputError):
+    """Bad arguments or input files; the message says which (`guard-jax` exits 2)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="an HF directory (config.json + safetensors) or a training workdir")
     p.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
-    p.add_argument("--prompt", default=None, help="the user's text (the request to judge; the "
-                   "prompt to rewrite for vlmguard_r1)")
-    p.add_argument("--response", default=None,
-                   help="the assistant's reply to judge (guardreasoner_vl, proguard)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=None, help="the user's text (the request to judge; "
+                        "the prompt to rewrite for vlmguard_r1)")
+    prompt.add_argument("--prompt-file", default=None, metavar="FILE",
+                        help="read the user's text from a UTF-8 file (one final newline dropped)")
+    response = p.add_mutually_exclusive_group()
+    response.add_argument("--response", default=None,
+                          help="the assistant's reply to judge (guardreasoner_vl, proguard)")
+    response.add_argument("--response-file", default=None, metavar="FILE",
+                          help="read the reply from a UTF-8 file (one final newline dropped)")
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="an image of the user turn (repeatable, in order)")
     p.add_argument("--policy", default=None, metavar="FILE",
@@ -67,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="renderer option, overriding the eval config's (e.g. mode=rl)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="greedy decoding budget (default: the recipe's eval budget)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="refuse a rendered prompt longer than this (default: the recipe's "
+                   "eval.max_prompt_len, 4096 or 8192)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="per-image pixel cap before patching (default: the recipe's)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
@@ -92,32 +111,57 @@ def check_arguments(args) -> RecipeDefaults:
     if args.policy is not None and not d.takes_policy:
         raise UsageError(f"--policy applies to {' and '.join(POLICY_RECIPES)}, not "
                          f"{args.recipe}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for flag in ("max_new_tokens", "max_prompt_tokens"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     return d
 
 
+def read_text_arguments(args) -> None:
+    """Sets args.prompt / args.response from --prompt-file / --response-file."""
+    for name in ("prompt", "response"):
+        path = getattr(args, f"{name}_file", None)
+        if path is not None:
+            text = read_text(f"--{name}-file", path)
+            setattr(args, name, text.removesuffix("\n").removesuffix("\r"))
+
+
 def load_images(paths):
-    """PIL images, fully decoded here so a bad file fails before the model loads."""
+    """PIL images, fully decoded here so a bad file fails before the model loads. Each file
+    first passes the checks of `guard-jax data build` (size from the header against the same
+    pixel cap, then verify and decode), so a decompression bomb is refused before decoding."""
+    import io
+
     from PIL import Image
+
+    from data_pipeline.image_validation import ImagePolicy, ImageProblem, check_image_bytes
     images = []
     for path in paths:
         try:
-            with Image.open(path) as im:
+            data = Path(path).read_bytes()
+            check_image_bytes(data, ImagePolicy(), what="the file")
+            with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 images.append(im.copy())
-        except (OSError, ValueError) as e:  # PIL's decompression-bomb error is a ValueError
+        except (OSError, ImageProblem) as e:
             raise UsageError(f"--image {path}: cannot read the image ({e})") from e
     return images
+
+
+def read_text(flag: str, path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{flag} {path}: not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot read the file ({e.strerror or e})") from e
 
 
 def read_policy(path) -> str | None:
     if path is None:
         return None
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--policy {path}: cannot read the policy text ({e})") from e
+    text = read_text("--policy", path)
     if not text.strip():
         raise UsageError(f"--policy {path}: the file is empty")
     return text.strip()
@@ -235,23 +279,43 @@ class Moderator:
 
     def __call__(self, recipe: str, *, prompt: str | None = None, response: str | None = None,
                  images=(), policy: str | None = None, options=(),
-                 max_new_tokens: int | None = None, max_pixels: int | None = None) -> dict:
+                 max_new_tokens: int | None = None, max_pixels: int | None = None,
+                 max_prompt_tokens: int | None = None) -> dict:
         """The verdict dict `guard-jax moderate` prints. `images` are paths, `policy` a path to
         a policy text file, `options` "key=value" renderer options."""
         args = argparse.Namespace(recipe=recipe, prompt=prompt, response=response,
                                   image=list(images), policy=policy, option=list(options),
-                                  max_new_tokens=max_new_tokens, max_pixels=max_pixels)
+                                  max_new_tokens=max_new_tokens, max_pixels=max_pixels,
+                                  max_prompt_tokens=max_prompt_tokens)
         defaults = check_arguments(args)
         pil_images = load_images(args.image)
         input_ids, pv, grid = prepare_inputs(args, defaults, self.tokenizer, pil_images)
-        out = self.generate(input_ids, pv, grid,
-                            max_new_tokens=max_new_tokens or defaults.max_new_tokens)
+        max_new_tokens = max_new_tokens or defaults.max_new_tokens
+        self.check_length(int(input_ids.shape[1]), max_new_tokens=max_new_tokens,
+                          max_prompt_tokens=max_prompt_tokens or defaults.max_prompt_tokens)
+        out = self.generate(input_ids, pv, grid, max_new_tokens=max_new_tokens)
         raw = self.tokenizer.decode(out["ids"], skip_special_tokens=True)
         verdict = verdict_json(recipe, raw, judged_response=response is not None)
         verdict.update(output_tokens=len(out["ids"]), finished=out["finished"],
                        model=self.model_dir, prompt_tokens=int(input_ids.shape[1]),
                        images=len(pil_images), max_new_tokens=out["max_new_tokens"])
         return verdict
+
+    def check_length(self, prompt_tokens: int, *, max_new_tokens: int,
+                     max_prompt_tokens: int) -> None:
+        """Refuses, before anything compiles, a prompt over the cap or one whose output would
+        run past the model's positions."""
+        if prompt_tokens > max_prompt_tokens:
+            raise UsageError(f"the rendered prompt has {prompt_tokens} tokens, more than "
+                             f"--max-prompt-tokens {max_prompt_tokens}; shorten the input "
+                             "(text, response, policy, images) or raise --max-prompt-tokens")
+        limit = self.model.config.text.max_position_embeddings
+        if prompt_tokens + max_new_tokens > limit:
+            raise UsageError(f"the rendered prompt has {prompt_tokens} tokens; with "
+                             f"--max-new-tokens {max_new_tokens} that is "
+                             f"{prompt_tokens + max_new_tokens}, more than the model's "
+                             f"max_position_embeddings {limit} (--model {self.model_dir}); "
+                             "shorten the input or lower --max-new-tokens")
 
     def generate(self, input_ids, pixel_values, image_grid_thw, *, max_new_tokens: int) -> dict:
         """Greedy ids up to (not including) the EOS, and whether an EOS ended them."""
@@ -276,16 +340,15 @@ class Moderator:
 
 
 def main(args) -> int:
-    try:
-        check_arguments(args)  # argument and file errors before the model loads
-        load_images(args.image)
-        read_policy(args.policy)
-        moderator = Moderator(args.model, dtype=args.dtype, step=args.step)
-        verdict = moderator(args.recipe, prompt=args.prompt, response=args.response,
-                            images=args.image, policy=args.policy, options=args.option,
-                            max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels)
-    except UsageError as e:
-        print(f"guard-jax moderate: {e}", file=sys.stderr)
-        return 2
+    """Bad input raises UsageError, which `guard_jax.cli` prints as one line (exit 2)."""
+    read_text_arguments(args)  # argument and file errors before the model loads
+    check_arguments(args)
+    load_images(args.image)
+    read_policy(args.policy)
+    moderator = Moderator(args.model, dtype=args.dtype, step=args.step)
+    verdict = moderator(args.recipe, prompt=args.prompt, response=args.response,
+                        images=args.image, policy=args.policy, options=args.option,
+                        max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels,
+                        max_prompt_tokens=args.max_prompt_tokens)
     print(json.dumps(verdict, ensure_ascii=False, indent=2))
     return 0

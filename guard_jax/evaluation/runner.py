@@ -11,6 +11,10 @@ everywhere, and process 0 writes the files.
 Per benchmark it writes OUT/TASK/outputs/NAME.jsonl in the GuardReasoner release format
 (`prompt`, `label`, `predict`, plus `id` and `num_tokens`), so a run can be re-scored later with
 `guard-jax eval --predictions` under another rule; then OUT/TASK/report.{json,md} and the plots.
+
+Before the model loads, `evaluate_config` checks every input the run names (each benchmark's
+dataset and split, the image files a path-based dataset refers to, the model, the tokenizer,
+the output folder) and raises one `InputError` listing all that are missing (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from guard_jax.errors import InputError
 from guard_jax.evaluation.benchmarks import MODALITIES
 from guard_jax.evaluation.parsers import CLASSIFIER_RECIPES, canonical_task
 from guard_jax.evaluation.scoring import GROUP_METRICS, RULES, EvalReport, Prediction, \
@@ -142,7 +147,122 @@ def check_eval_config(run) -> None:
     except ValueError as e:
         errs.append(str(e))
     if errs:
-        raise ValueError("invalid eval config: " + "; ".join(errs))
+        raise InputError("invalid eval config: " + "; ".join(errs))
+
+
+# ---- inputs, all checked before the model loads ---------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # either one makes a Qwen tokenizer
+
+
+def _tokenizer_problem(what: str, path) -> str | None:
+    p = Path(path)
+    if not p.is_dir():
+        return f"{what} {path}: no such directory"
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        return f"{what} {path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)})"
+    return None
+
+
+def _hf_dir_problems(hf_dir, *, tokenizer: bool) -> list[str]:
+    p = Path(hf_dir)
+    if not p.is_dir():
+        return [f"--hf-dir {hf_dir}: no such directory"]
+    out = []
+    if not (p / "config.json").is_file():
+        out.append(f"--hf-dir {hf_dir}: no config.json")
+    if not any(p.glob("*.safetensors")):
+        out.append(f"--hf-dir {hf_dir}: no *.safetensors weights")
+    if tokenizer:
+        out.append(_tokenizer_problem("--hf-dir", hf_dir))
+    return out
+
+
+def _checkpoint_problems(checkpoint, step, *, tokenizer: bool) -> list[str]:
+    """The step folder and its run config (what `guard-jax export` reads), and with `tokenizer`
+    the tokenizer files the export copies (the run's data.tokenizer_dir or model.hf_dir)."""
+    p = Path(checkpoint)
+    if not p.is_dir():
+        return [f"--checkpoint {checkpoint}: no such directory"]
+    steps = sorted(int(c.name) for c in p.iterdir() if c.is_dir() and c.name.isdigit())
+    if not steps:
+        return [f"--checkpoint {checkpoint}: no checkpoint step folders"]
+    if step is not None and step not in steps:
+        return [f"--step {step}: not in --checkpoint {checkpoint} (steps {steps})"]
+    meta = p / str(steps[-1] if step is None else step) / "meta" / "metadata"
+    try:
+        run = json.loads(meta.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"--checkpoint {checkpoint}: no readable run config in {meta} ({e})"]
+    if not tokenizer:
+        return []
+    source = (run.get("data") or {}).get("tokenizer_dir") or (run.get("model") or {}).get("hf_dir")
+    if not source:
+        return [f"--checkpoint {checkpoint}: its run names no tokenizer (data.tokenizer_dir, "
+                "model.hf_dir); set data.tokenizer_dir"]
+    return [_tokenizer_problem(f"the tokenizer of --checkpoint {checkpoint}", source)]
+
+
+def _out_problem(out_dir) -> str | None:
+    p = Path(out_dir).absolute()
+    if p.exists() and not p.is_dir():
+        return f"--out {out_dir}: exists and is not a directory"
+    parent = next(q for q in (p, *p.parents) if q.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"--out {out_dir}: cannot write under {parent}"
+    return None
+
+
+def _benchmark_problems(spec: dict, where: str, *, limit: int, on_error: str) -> list[str]:
+    """The dataset and split, and for a dataset that stores image paths, its image root and
+    (with on_error=fail, where one would stop the run) every image file of the samples run."""
+    from data_pipeline.build import open_source
+    try:
+        source = open_source(spec["path"], spec["split"])
+    except (OSError, ValueError, KeyError) as e:  # no dataset there; an unknown split
+        return [f"{where} path {spec['path']} split {spec['split']!r}: {e}"]
+    if source.metadata.get("images") != "paths":
+        return []
+    root = Path(source.image_root or "")
+    samples = source if not limit else itertools.islice(source, limit)
+    refs = [im.path for sample in samples for im in sample.images if im.data is None]
+    if refs and not root.is_dir():
+        return [f"{where}: image root {root} (from the dataset's metadata) does not exist; "
+                f"{len(refs)} images are stored relative to it"]
+    missing = [r for r in refs if not (root / r).is_file()]
+    if missing and on_error == "fail":
+        return [f"{where}: {len(missing)} of {len(refs)} image files missing under {root} "
+                f"(first: {missing[0]})"]
+    return []
+
+
+def input_problems(run, *, checkpoint=None, hf_dir=None, step=None, out_dir=None,
+                   model: bool = True, tokenizer: bool = True) -> list[str]:
+    """Every missing or unusable input of `guard-jax eval --config`, one line each. `model`
+    and `tokenizer`: whether the run loads them (a given generate_fn or tokenizer is not)."""
+    ev, problems = run.eval, []
+    for i, spec in enumerate(benchmark_specs(run)):
+        problems += _benchmark_problems(spec, f"eval.benchmarks[{i}] ({spec['name']})",
+                                        limit=ev.limit, on_error=ev.on_error)
+    tokenizer_dir = run.data.tokenizer_dir
+    if tokenizer and tokenizer_dir:
+        problems.append(_tokenizer_problem("data.tokenizer_dir", tokenizer_dir))
+    model_tokenizer = tokenizer and not tokenizer_dir  # the tokenizer comes with the model
+    if checkpoint is not None and (model or model_tokenizer):
+        problems += _checkpoint_problems(checkpoint, step, tokenizer=model_tokenizer)
+    elif hf_dir is not None and (model or model_tokenizer):
+        problems += _hf_dir_problems(hf_dir, tokenizer=model_tokenizer)
+    elif model or model_tokenizer:
+        problems.append("no model: pass --checkpoint DIR or --hf-dir DIR")
+    if out_dir is not None:
+        problems.append(_out_problem(out_dir))
+    return [p for p in problems if p]
+
+
+def check_inputs(run, **kw) -> None:
+    """`input_problems` as one InputError: every problem in one line, nothing written."""
+    problems = input_problems(run, **kw)
+    if problems:
+        raise InputError(f"{len(problems)} missing or unusable input(s): " + "; ".join(problems))
 
 
 # ---- samples -> examples -------------------------------------------------------------------
@@ -339,6 +459,8 @@ def evaluate_config(run, *, checkpoint=None, hf_dir=None, step=None, out_dir=Non
 
     from guard_jax.evaluation import generation
     check_eval_config(run)
+    check_inputs(run, checkpoint=checkpoint, hf_dir=hf_dir, step=step, out_dir=out_dir,
+                 model=generate_fn is None, tokenizer=tokenizer is None)
     default = Path(checkpoint or hf_dir).name if (checkpoint or hf_dir) else "ours"
     with tempfile.TemporaryDirectory(prefix="guard_jax_eval_") as tmp:
         if checkpoint is not None and generate_fn is None:
