@@ -199,6 +199,21 @@ def current_mesh() -> Mesh | None:
     return None if ctx is None else ctx[0]
 
 
+def mesh_axes_of(logical: str, size: int) -> MeshAxes:
+    """The mesh axes an activation dimension `logical` of `size` is split over in the current
+    `use_rules` context (None outside one, or when the size does not divide)."""
+    ctx = _RULES.get()
+    if ctx is None:
+        return None
+    spec = logical_to_spec((logical,), ctx[1], (size,), ctx[0], strict=False)
+    return spec[0] if len(spec) else None
+
+
+def batch_mesh_axes(size: int) -> MeshAxes:
+    """The mesh axes the activations' batch of `size` rows is split over (see mesh_axes_of)."""
+    return mesh_axes_of("act_batch", size)
+
+
 # Logical axes of each batch field; everything else is replicated.
 BATCH_AXES = {
     "input_ids": ("act_batch", "act_length"),

@@ -5,23 +5,41 @@ long query sequences are processed in checkpointed query chunks, so memory stays
 O(chunk x keys) in the forward and the backward pass. `cudnn` is cuDNN flash attention through
 `jax.nn.dot_product_attention` on GPUs; `splash` is the Pallas splash-attention kernel on TPUs
 (`splash_interpret` runs it in interpret mode anywhere, for tests). `auto` picks cuDNN on a GPU
-for half-precision inputs, splash on a TPU, and XLA elsewhere.
+for half-precision inputs, splash on a TPU, and XLA elsewhere; the platform is that of the mesh
+the step is traced for (`guard_jax.sharding.use_rules`), so a step compiled ahead of time for a
+TPU topology on a CPU host picks the TPU kernel.
+
+Mosaic kernels cannot be partitioned by the compiler, so on a mesh the splash kernel runs
+inside `shard_map`: rows split like the activations' batch (data x fsdp), heads like the
+attention heads (tensor); each device runs the single-device kernel on its block. Decode steps
+(one query against the cache) stay on XLA on every backend. See docs/tpu.md.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 QUERY_CHUNK = 1024  # queries per chunk on the XLA path, for sequences longer than 2 chunks
 CAUSAL_BLOCKS = 4  # causal self-attention of >= 256 queries: query blocks, each against its prefix
 
 
+def _platform() -> str:
+    """The platform the current trace is for: the mesh's devices when tracing under
+    `use_rules` (ahead-of-time compiles for other platforms), else JAX's default backend."""
+    from guard_jax.sharding import current_mesh
+    mesh = current_mesh()
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
+
+
 def resolve_impl(impl: str, dtype) -> str:
     if impl != "auto":
         return impl
-    backend = jax.default_backend()
+    backend = _platform()
     if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     if backend == "tpu":
@@ -29,12 +47,15 @@ def resolve_impl(impl: str, dtype) -> str:
     return "xla"
 
 
-def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=None, impl="xla"):
+def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=None, impl="xla",
+                          batch_sharded=True):
     """q: [B, T, N, D]; k, v: [B, S, K, D] with N % K == 0 (GQA).
 
     mask: bool broadcastable to [B, 1, 1, S] (True = attend; a key-padding mask);
     kv_lengths: [B] valid keys (and queries) per row, valid entries first: the same information
-    as a right-padding mask, in the form cuDNN takes. Returns [B, T, N, D] in q's dtype."""
+    as a right-padding mask, in the form cuDNN takes. `batch_sharded=False` says B is not the
+    activations' batch (vision windows; their batch is a vmapped axis). Returns [B, T, N, D] in
+    q's dtype."""
     impl = resolve_impl(impl, q.dtype)
     if impl == "cudnn":
         kw = {}
@@ -50,8 +71,8 @@ def dot_product_attention(q, k, v, *, mask=None, is_causal=False, kv_lengths=Non
         if q.shape[1] != k.shape[1]:  # decode steps (queries shorter than keys) stay on XLA
             return dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                          kv_lengths=kv_lengths, impl="xla")
-        return _splash(q, k, v, mask, is_causal, kv_lengths,
-                       interpret=impl == "splash_interpret")
+        return _splash_on_mesh(q, k, v, mask, is_causal, kv_lengths,
+                               interpret=impl == "splash_interpret", batch_sharded=batch_sharded)
     if impl != "xla":
         raise ValueError(f"unknown attention implementation {impl!r}")
     if kv_lengths is not None:
@@ -93,6 +114,35 @@ def _causal_blocks(q, k, v, mask):
 
 
 SPLASH_BLOCK = 128
+
+
+def _splash_on_mesh(q, k, v, mask, is_causal, kv_lengths, *, interpret, batch_sharded):
+    """The splash kernel under `shard_map` when traced on a mesh (the compiler cannot partition
+    a Mosaic kernel): rows over the activations' batch axes, heads over the tensor axis, each
+    where the size divides (else that dimension is replicated). Grouped-query attention stays
+    consistent because q heads and kv heads split into the same number of contiguous blocks."""
+    from guard_jax.sharding import current_mesh, mesh_axes_of
+    mesh = current_mesh()
+    if mesh is None or mesh.size == 1:
+        return _splash(q, k, v, mask, is_causal, kv_lengths, interpret=interpret)
+    b, t, n, _ = q.shape
+    rows = mesh_axes_of("act_batch", b) if batch_sharded else None
+    heads, kv_heads = mesh_axes_of("act_heads", n), mesh_axes_of("act_kv_heads", k.shape[2])
+    if heads != kv_heads:
+        heads = kv_heads = None
+    valid = jnp.ones((b, t), bool)
+    if mask is not None:
+        valid = valid & jnp.broadcast_to(mask, (b, 1, 1, t))[:, 0, 0, :]
+    if kv_lengths is not None:
+        valid = valid & (jnp.arange(t)[None, :] < kv_lengths[:, None])
+    qs = P(rows, None, heads, None)
+    ks = P(rows, None, kv_heads, None)
+
+    def local(q, k, v, valid):
+        return _splash(q, k, v, valid[:, None, None, :], is_causal, None, interpret=interpret)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, P(rows, None)), out_specs=qs,
+                         check_vma=False)(q, k, v, valid)
 
 
 def _splash(q, k, v, mask, is_causal, kv_lengths, *, interpret=False):
@@ -220,6 +270,7 @@ def grouped_attention(q, k, v, idx, *, impl="xla"):
         return jnp.concatenate([t, jnp.zeros((1, h, d), t.dtype)], axis=0)[idx]
 
     lengths = jnp.sum(idx < n, axis=-1).astype(jnp.int32)
-    out = dot_product_attention(gather(q), gather(k), gather(v), kv_lengths=lengths, impl=impl)
+    out = dot_product_attention(gather(q), gather(k), gather(v), kv_lengths=lengths, impl=impl,
+                                batch_sharded=False)
     flat = out.reshape(-1, h, d)
     return jnp.zeros((n + 1, h, d), out.dtype).at[idx.reshape(-1)].set(flat)[:n]
