@@ -247,13 +247,13 @@ def test_failed_save_leaves_nothing(sources, tmp_path, monkeypatch):
     # an existing export survives a failed overwrite untouched
     old = parent / "old"
     old.mkdir()
-    (old / "marker.txt").write_text("previous export")
+    (old / "config.json").write_text("previous export")
     written.clear()
     with pytest.raises(OSError, match="simulated"):
-        guard_jax.save_hf(ours, old, max_shard_bytes=200_000, progress=False)
+        guard_jax.save_hf(ours, old, max_shard_bytes=200_000, progress=False, overwrite=True)
     assert sorted(p.name for p in parent.iterdir()) == ["old"]
-    assert sorted(p.name for p in old.iterdir()) == ["marker.txt"]
-    assert (old / "marker.txt").read_text() == "previous export"
+    assert sorted(p.name for p in old.iterdir()) == ["config.json"]
+    assert (old / "config.json").read_text() == "previous export"
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -276,7 +276,7 @@ def test_pickle_only_directory(sources, tmp_path):
     (d / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         guard_jax.load_hf(d, dtype="float32", progress=False)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="no such local directory"):
         guard_jax.load_hf(tmp_path / "nowhere", dtype="float32", progress=False)
 
 

@@ -4,7 +4,7 @@ A training checkpoint records its run config (orbax JSON metadata), which says t
 optimizer; export rebuilds that state's shapes, restores it onto one device's shardings and
 writes the parameters with `save_hf` (tokenizer files copied from the run's tokenizer or base
 model directory). Import loads an HF directory and writes step 0 of a checkpoint that
-`guard-jax train` resumes from.
+`guard-jax train` resumes from. What either refuses: docs/export-import.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+from guard_jax.errors import InputError
+
 
 def _run_from_meta(meta: dict):
     from ml_collections import ConfigDict
@@ -22,7 +24,7 @@ def _run_from_meta(meta: dict):
     from guard_jax.run_config import base_config, check_keys
     cfg = meta.get("config")
     if not cfg:
-        raise ValueError("the checkpoint holds no run config; it was not written by guard-jax "
+        raise InputError("the checkpoint holds no run config; it was not written by guard-jax "
                          "train or guard-jax import")
     run = ConfigDict(cfg)
     check_keys(run, base_config(), where="checkpoint metadata")
@@ -35,25 +37,45 @@ def _read_meta(ckpt_dir: Path, step: int | None) -> tuple[int, dict]:
     steps = ck.all_steps()
     ck.close()
     if not steps:
-        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint steps")
+        raise InputError(f"{ckpt_dir}: no checkpoint steps")
     step = steps[-1] if step is None else step
     meta_file = ckpt_dir / str(step) / "meta" / "metadata"
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file}: missing (steps present: {steps})")
+        raise InputError(f"{meta_file}: missing (steps present: {steps})")
     return step, json.loads(meta_file.read_text())
 
 
+def _check_apart(ckpt_dir: Path, out: Path) -> None:
+    """Refuses an export folder that is, or lies inside, the checkpoint directory, or that
+    holds it: replacing `out` must never touch the checkpoints."""
+    ck, o = ckpt_dir.resolve(), out.resolve()
+    if o == ck or ck in o.parents:
+        raise InputError(f"--out {out}: inside the checkpoint directory {ckpt_dir}; export to a "
+                         "directory of its own")
+    if o in ck.parents:
+        raise InputError(f"--out {out}: holds the checkpoint directory {ckpt_dir}; export to a "
+                         "directory of its own")
+
+
 def export_checkpoint(ckpt_dir, out, *, step: int | None = None, dtype: str | None = None,
-                      progress: bool = True) -> Path:
-    """Writes the parameters of checkpoint `step` (default: newest) as an HF directory."""
+                      progress: bool = True, overwrite: bool = False) -> Path:
+    """Writes the parameters of checkpoint `step` (default: newest) as an HF directory.
+
+    `out` may be new, empty or a previous export (`overwrite`: any HF model directory); never
+    the checkpoint directory, a folder inside it or one holding it (see save_hf)."""
     from guard_jax.models.qwen2_5_vl import abstract_model, save_hf
+    from guard_jax.models.qwen2_5_vl.config import require_local_dir
+    from guard_jax.models.qwen2_5_vl.hf_io import check_export_target
     from guard_jax.run_config import model_config
     from guard_jax.sharding import make_mesh
     from guard_jax.training.checkpoint import Checkpointer, abstract_train_state
     from guard_jax.training.lora import merge
     from guard_jax.training.optim import run_optimizer
 
-    ckpt_dir = Path(ckpt_dir)
+    # checked first: the Checkpointer would create a missing directory
+    ckpt_dir = Path(require_local_dir(ckpt_dir, "give the workdir of guard-jax train or import"))
+    _check_apart(ckpt_dir, Path(out))
+    check_export_target(out, overwrite=overwrite)  # before the (long) restore
     step, meta = _read_meta(ckpt_dir, step)
     run = _run_from_meta(meta)
     mc = model_config(run)
@@ -71,7 +93,8 @@ def export_checkpoint(ckpt_dir, out, *, step: int | None = None, dtype: str | No
         params = jax.jit(lambda p, a: merge(p, a, lora))(params, state["lora"])
     model = nnx.merge(graphdef, params)
     assets = run.data.tokenizer_dir or run.model.hf_dir or None
-    return save_hf(model, out, dtype=dtype, assets_from=assets, progress=progress)
+    return save_hf(model, out, dtype=dtype, assets_from=assets, progress=progress,
+                   overwrite=overwrite)
 
 
 def import_hf(hf_dir, out, *, config_path: str | None = None, overrides=(),

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from guard_jax.errors import InputError
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
@@ -272,15 +274,61 @@ class Qwen25VLConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "Qwen25VLConfig":
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.exists(cfg_path):
-            raise FileNotFoundError(f"{path}: no config.json (is this an HF model directory?)")
+        """Reads `path`/config.json. `path` must be an existing local directory: nothing is
+        ever looked up on a model hub."""
+        cfg_path = os.path.join(require_local_dir(path), "config.json")
+        if not os.path.isfile(cfg_path):
+            raise MissingLocalFile(f"{path}: no config.json (is this an HF model directory?)")
         with open(cfg_path, encoding="utf-8") as f:
             try:
                 d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise InputError(f"{cfg_path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise InputError(f"{cfg_path}: holds a JSON {type(d).__name__}, not an object")
+        check_sizes(d, cfg_path)
         return cls.from_hf_dict(d, **overrides)
+
+
+class MissingLocalFile(InputError, FileNotFoundError):
+    """A local directory or file the user named does not exist (bad input, exit 2)."""
+
+
+def require_local_dir(path: str | os.PathLike, hint: str = "guard_jax reads models from local "
+                      "directories only, never from a hub; download it first") -> str:
+    """`path` as a string if it is an existing local directory; otherwise an InputError naming
+    it (and `hint`). A hub id such as 'Qwen/Qwen2.5-VL-3B-Instruct' is refused, never looked up."""
+    if not os.path.isdir(path):
+        raise MissingLocalFile(f"{path}: no such local directory ({hint})")
+    return os.fspath(path)
+
+
+# Integer sizes of config.json, as (section, field); section None is the top level (or
+# text_config in the nested form). Each must be a whole number in 1..MAX_SIZE before anything
+# is built from it; hf_io then checks the layer counts against the weights themselves.
+_SIZE_FIELDS = tuple((None, f) for f in (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "max_position_embeddings")) + tuple(
+        ("vision_config", f) for f in (
+            "depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
+            "patch_size", "temporal_patch_size", "spatial_merge_size", "window_size",
+            "out_hidden_size"))
+MAX_SIZE = 2**31 - 1
+
+
+def check_sizes(d: dict[str, Any], where: str = "config.json") -> None:
+    """Raises an InputError naming `where` and the field for a size that is not an integer in
+    1..MAX_SIZE (a float, a string, 0, a negative or an absurd number)."""
+    nested = d.get("text_config") if isinstance(d.get("text_config"), dict) else {}
+    for section, name in _SIZE_FIELDS:
+        src = d.get(section) if section else {**d, **nested}
+        if not isinstance(src, dict) or src.get(name) is None:
+            continue
+        val = src[name]
+        if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val <= MAX_SIZE:
+            field = f"{section}.{name}" if section else name
+            raise InputError(f"{where}: {field}={val!r}; must be a whole number in "
+                             f"1..{MAX_SIZE}")
 
 
 def _validate(c: Qwen25VLConfig) -> None:

@@ -4,14 +4,18 @@ Loading streams one tensor at a time from safetensors (single file or sharded in
 transformers-5 key layout) into preallocated arrays, so host memory peaks near one tensor beyond
 the model's own arrays. Saving streams one tensor at a time into size-capped safetensors shards
 written by a small writer of our own (the safetensors library needs a whole shard in memory),
-into a temporary directory that is renamed into place only when everything is written.
+into a temporary directory that is renamed into place only when everything is written. What an
+export may replace, and what it refuses, is described in docs/export-import.md.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import struct
 import time
 import weakref
@@ -26,8 +30,10 @@ from flax import nnx
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
-from guard_jax.models.qwen2_5_vl.hf_keys import IGNORED_KEYS, KeyMap, key_maps, normalize_key
+from guard_jax.errors import InputError
+from guard_jax.models.qwen2_5_vl.config import MissingLocalFile, Qwen25VLConfig
+from guard_jax.models.qwen2_5_vl.hf_keys import (
+    IGNORED_KEYS, KeyMap, check_layer_counts, key_maps, normalize_key)
 from guard_jax.models.qwen2_5_vl.model import Qwen25VL, abstract_model
 
 ASSET_FILES = (
@@ -36,6 +42,13 @@ ASSET_FILES = (
     "preprocessor_config.json",
 )
 DEFAULT_SHARD_BYTES = 5 * 1000**3
+# Written last into every export: marks the directory as one a later export may replace.
+EXPORT_MARKER = "guard_jax_export.json"
+# The other names an export writes (besides ASSET_FILES).
+_EXPORT_NAMES = re.compile(r"config\.json|generation_config\.json|model\.safetensors"
+                           r"|model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json")
+
+log = logging.getLogger(__name__)
 
 _ST_DTYPES = {
     np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
@@ -74,31 +87,41 @@ class _TensorIndex:
         index = path / "model.safetensors.index.json"
         single = path / "model.safetensors"
         self.where: dict[str, str] = {}
+        self.warned: set[str] = set()
         if index.exists():
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ValueError(f"{index}: no 'weight_map' object")
+            try:
+                with open(index, encoding="utf-8") as f:
+                    weight_map = json.load(f).get("weight_map")
+            except (ValueError, AttributeError) as e:
+                raise InputError(f"{index}: not a JSON object ({e})") from e
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(v, str) and "/" not in v and v not in ("", ".", "..")
+                    for v in weight_map.values()):
+                raise InputError(f"{index}: no 'weight_map' object of file names")
             files = sorted(set(weight_map.values()))
         elif single.exists():
             files = ["model.safetensors"]
         else:
             if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-                raise ValueError(f"{path}: holds only pickle weights (.bin/.pt); guard_jax reads "
+                raise InputError(f"{path}: holds only pickle weights (.bin/.pt); guard_jax reads "
                                  "safetensors only. Convert them with transformers first.")
-            raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+            raise MissingLocalFile(f"{path}: no model.safetensors or "
+                                   "model.safetensors.index.json")
         self.handles = {}
         for fname in files:
             fpath = path / fname
-            if not fpath.exists():
-                raise FileNotFoundError(f"{fpath}: listed in the index but missing")
-            h = safe_open(str(fpath), framework="numpy")
+            if not fpath.is_file():
+                raise MissingLocalFile(f"{fpath}: listed in the index but missing")
+            try:  # a truncated or corrupt file fails here; its own error names no file
+                h = safe_open(str(fpath), framework="numpy")
+            except Exception as e:
+                raise InputError(f"{fpath}: not a readable safetensors file ({e})") from e
             self.handles[fname] = h
             for k in h.keys():
                 nk = normalize_key(k)
                 if nk in self.where:
-                    raise ValueError(f"{path}: tensor {nk!r} appears twice ({self.where[nk][0]} "
-                                     f"and {fname})")
+                    raise InputError(f"{path}: tensor {nk!r} appears twice "
+                                     f"({self.where[nk][0]} and {fname})")
                 self.where[nk] = (fname, k)
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -106,8 +129,19 @@ class _TensorIndex:
         return tuple(self.handles[fname].get_slice(raw).get_shape())
 
     def get(self, key: str) -> np.ndarray:
+        """The whole tensor; warns once per tensor if it holds NaN or inf."""
         fname, raw = self.where[key]
-        return self.handles[fname].get_tensor(raw)
+        try:
+            x = self.handles[fname].get_tensor(raw)
+        except Exception as e:
+            raise InputError(f"{self.path / fname}: cannot read tensor {raw!r} ({e})") from e
+        if key not in self.warned and x.dtype in _ST_DTYPES:
+            finite = int(np.count_nonzero(np.isfinite(x)))
+            if finite < x.size:
+                self.warned.add(key)
+                log.warning("%s: tensor %s holds %d NaN/inf value(s) of %d; loading it as it is",
+                            self.path / fname, raw, x.size - finite, x.size)
+        return x
 
 
 def _set_layer(buf, x, i):
@@ -130,6 +164,7 @@ def load_hf(path, *, dtype: str = "bfloat16", mesh=None, rules=None,
     config = Qwen25VLConfig.from_pretrained(
         path, param_dtype=dtype, dtype=compute_dtype or dtype, **config_overrides)
     index = _TensorIndex(path)
+    check_layer_counts(config, index.where, str(path / "config.json"))
     maps = key_maps(config)
     _check_keys(index, maps, config, path)
     if mesh is not None:
@@ -165,7 +200,7 @@ def _check_keys(index: _TensorIndex, maps: list[KeyMap], config: Qwen25VLConfig,
     if config.tie_word_embeddings and "lm_head.weight" in extra:
         # A tied config with an lm_head in the file: fine only if it is an exact copy.
         if not np.array_equal(index.get("lm_head.weight"), index.get("model.embed_tokens.weight")):
-            raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "
+            raise InputError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "
                              "model.embed_tokens.weight; set tie_word_embeddings=false in "
                              "config.json to use a separate head")
         extra.remove("lm_head.weight")
@@ -173,15 +208,15 @@ def _check_keys(index: _TensorIndex, maps: list[KeyMap], config: Qwen25VLConfig,
         more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
         hint = (" (tie_word_embeddings is false, so lm_head.weight is required)"
                 if "lm_head.weight" in missing else "")
-        raise ValueError(f"{path}: checkpoint lacks {missing[:8]}{more}{hint}")
+        raise InputError(f"{path}: checkpoint lacks {missing[:8]}{more}{hint}")
     if extra:
         more = f" (and {len(extra) - 8} more)" if len(extra) > 8 else ""
-        raise ValueError(f"{path}: unexpected tensors {extra[:8]}{more}: is this a Qwen2.5-VL "
+        raise InputError(f"{path}: unexpected tensors {extra[:8]}{more}: is this a Qwen2.5-VL "
                          "checkpoint matching its config.json?")
     for km in maps:  # shapes from the headers only, before anything is read
         for key in km.hf_keys():
             if index.shape(key) != km.hf_shape:
-                raise ValueError(f"{path}: {key}: shape {index.shape(key)} in "
+                raise InputError(f"{path}: {key}: shape {index.shape(key)} in "
                                  f"{index.where[key][0]}, config.json needs {km.hf_shape}")
 
 
@@ -257,16 +292,110 @@ def _dtype_name(dt: np.dtype) -> str:
     return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dt.name]
 
 
+# ------------------------------------------------------------------------------ the target
+def _is_export_file(p: Path) -> bool:
+    """A regular file with a name an export writes."""
+    return (p.is_file() and not p.is_symlink() and
+            (p.name in ASSET_FILES or p.name == EXPORT_MARKER or
+             _EXPORT_NAMES.fullmatch(p.name) is not None))
+
+
+def _foreign(d: Path) -> list[str]:
+    """The entries of `d` an export does not write (folders and links included)."""
+    return sorted(p.name for p in d.iterdir() if not _is_export_file(p))
+
+
+def check_export_target(path, *, overwrite: bool = False) -> Path:
+    """The absolute `path` if an export may be written there, else an InputError.
+
+    Accepted: a missing path, an empty directory, a previous export (a directory holding
+    EXPORT_MARKER and only files an export writes) and, with `overwrite`, any directory holding
+    only files an export writes (e.g. one written by transformers' save_pretrained). Refused
+    always: a file or link, and a directory holding anything else (named in the error), since
+    replacing it would delete what the export did not write.
+    """
+    path = Path(os.path.abspath(path))
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(f"{path}: exists and is not a directory; give a directory to export to")
+    if not path.exists():
+        return path
+    foreign = _foreign(path)
+    if foreign:
+        more = f" and {len(foreign) - 8} more" if len(foreign) > 8 else ""
+        raise InputError(f"{path}: holds {', '.join(foreign[:8])}{more}, which an export does "
+                         "not write; refusing to replace it (even with --overwrite). Export to "
+                         "a new or empty directory")
+    if any(path.iterdir()) and not (path / EXPORT_MARKER).is_file() and not overwrite:
+        raise InputError(f"{path}: holds an HF model that guard-jax export did not write (no "
+                         f"{EXPORT_MARKER}); pass --overwrite to replace it")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _scratch(path: Path, kind: str) -> Path:
+    """A hidden sibling of `path` for this process: `.NAME.KIND-HOST-PID-SECONDS`."""
+    return path.parent / f".{path.name}.{kind}-{_HOST}-{os.getpid()}-{int(time.time())}"
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Deletes the scratch folders an earlier export of `path` left when it was killed
+    (`.NAME.partial-...`, `.NAME.old-...`), but only those written on this host by a process
+    that is gone, holding only export files. Logs each one removed; returns them."""
+    pat = re.compile(rf"\.{re.escape(path.name)}\.(partial|old)-(?:(?P<host>.+)-)?"
+                     r"(?P<pid>\d+)-\d+")
+    removed = []
+    for p in sorted(path.parent.iterdir()):
+        m = pat.fullmatch(p.name)
+        if (m is None or p.is_symlink() or not p.is_dir() or m["host"] not in (None, _HOST)
+                or _pid_alive(int(m["pid"]))):
+            continue
+        if _foreign(p):
+            log.warning("%s: left by an unfinished export but holds other files; kept", p)
+            continue
+        shutil.rmtree(p)
+        log.warning("removed %s, left by an export (process %s) that did not finish", p, m["pid"])
+        removed.append(p)
+    return removed
+
+
+def _remove_replaced(old: Path) -> None:
+    """Deletes a replaced export: its export files, then the folder if nothing else is left."""
+    for p in old.iterdir():
+        if _is_export_file(p):
+            p.unlink()
+    try:
+        old.rmdir()
+    except OSError:
+        log.warning("%s: kept; it holds %s, which an export does not write", old, _foreign(old))
+
+
 def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None,
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> Path:
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True,
+            overwrite: bool = False) -> Path:
     """Writes an HF directory that `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads.
 
     Weights go in the hub key layout, in `dtype` (default: the parameters' own dtype), sharded
     at `max_shard_bytes` with an index when more than one file is needed. Tokenizer,
     preprocessor and chat-template files are copied from `assets_from` (default: the directory
     the model was loaded from, if any). A crash never leaves a complete-looking directory.
+    `path` may be new, empty or a previous export; `overwrite` also lets it replace another HF
+    directory; anything else is refused (see `check_export_target`).
     """
-    path = Path(path)
+    path = check_export_target(path, overwrite=overwrite)
     config: Qwen25VLConfig = model.config
     entries = _plan_entries(model, dtype)
     dtypes = {e.dtype for e in entries}
@@ -274,8 +403,10 @@ def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None
                               else next(iter(dtypes)))
     shards = _shard(entries, max_shard_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{int(time.time())}"
+    remove_stale_partials(path)
+    tmp = _scratch(path, "partial")
     tmp.mkdir()
+    old = None
     try:
         total = sum(e.nbytes for e in entries)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {path.name}",
@@ -297,16 +428,20 @@ def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None
             for fname in ASSET_FILES:
                 if (Path(src) / fname).is_file():
                     shutil.copy2(Path(src) / fname, tmp / fname)
-        old = None
+        _write_json(tmp / EXPORT_MARKER, {"written_by": "guard_jax save_hf",
+                                          "files": sorted(p.name for p in tmp.iterdir())})
+        check_export_target(path, overwrite=overwrite)  # again: files may have appeared since
         if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{int(time.time())}"
+            old = _scratch(path, "old")
             path.rename(old)
         tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and not path.exists():
+            old.rename(path)  # put the previous export back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        _remove_replaced(old)
     return path
 
 

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from guard_jax.errors import InputError
 from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 
 
@@ -92,6 +93,35 @@ def key_maps(c: Qwen25VLConfig) -> list[KeyMap]:
     if not c.tie_word_embeddings:
         maps.append(KeyMap("text.lm_head", "lm_head.weight", (t.vocab_size, e), 1))
     return maps
+
+
+# The stacked parts: the hub key prefix before the layer index, the config.json field that
+# counts the layers, and that count in our config.
+LAYER_COUNTS = (
+    ("model.layers.", "num_hidden_layers", lambda c: c.text.num_hidden_layers),
+    ("visual.blocks.", "vision_config.depth", lambda c: c.vision.depth),
+)
+_LAYER_KEY = re.compile(
+    "^(" + "|".join(re.escape(prefix) for prefix, _, _ in LAYER_COUNTS) + r")(\d+)\.")
+
+
+def check_layer_counts(c: Qwen25VLConfig, keys, where: str) -> None:
+    """Refuses a config that claims more layers than the weights hold, before anything is
+    enumerated or allocated from it (a hostile num_hidden_layers would otherwise build one key
+    name per claimed layer). `keys`: the hub-layout tensor names; `where`: config.json's path.
+    Fewer claimed layers than held is left to the key check, which names the extra tensors."""
+    held: dict[str, set[int]] = {prefix: set() for prefix, _, _ in LAYER_COUNTS}
+    for key in keys:
+        m = _LAYER_KEY.match(key)
+        if m:
+            held[m.group(1)].add(int(m.group(2)))
+    for prefix, field, count in LAYER_COUNTS:
+        n, have = count(c), sorted(held[prefix])
+        if n > len(have):
+            shown = (f"{prefix}0..{have[-1]}" if have == list(range(len(have))) else
+                     f"{prefix}N for N in {have[:8]}{' ...' if len(have) > 8 else ''}")
+            raise InputError(f"{where}: {field}={n}, but the weights hold {len(have)} such "
+                             f"layers" + (f" ({shown})" if have else ""))
 
 
 # transformers 5 in-memory names -> hub names (the loader accepts both layouts)
