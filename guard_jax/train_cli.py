@@ -1,4 +1,8 @@
-"""`guard-jax train --config configs/X.py [--config.a.b=v ...] --workdir DIR`."""
+"""`guard-jax train --config configs/X.py [--config.a.b=v ...] --workdir DIR
+[--allow-config-change KEY ...]`.
+
+A workdir that holds a checkpoint is resumed; docs/checkpoints.md says which config changes a
+resume refuses (exit 2) and which it takes with a warning."""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a run config file (configs/*.py)")
     p.add_argument("--workdir", required=True,
                    help="checkpoints, metrics and logs; a run resumes when it holds a checkpoint")
+    p.add_argument("--allow-config-change", action="append", default=[], metavar="KEY",
+                   help="resume although config key KEY (e.g. data.path) differs from the "
+                        "checkpoint's, where a resume would refuse it; repeat for more keys")
     p.set_defaults(overrides=[])  # --config.a.b=value arguments land here (see cli.py)
 
 
@@ -26,7 +33,7 @@ def main(args) -> int:
     else:
         from guard_jax.training.sft import train
     try:
-        result = train(run, args.workdir)
+        result = train(run, args.workdir, allow_config_change=args.allow_config_change)
     except NonFiniteLossError as e:
         print(f"guard-jax train: {e}", file=sys.stderr)
         return 3

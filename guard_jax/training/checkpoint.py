@@ -21,7 +21,11 @@ saves are collective).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a save
 interrupted midway never shows up as a step. A finalised step that is damaged later (files
-missing) is skipped by ``restore(step=None)`` with a warning, falling back to the previous one.
+missing) is moved aside by ``restore(step=None)`` into ``WORKDIR/corrupt/STEP-TIMESTAMP`` (with a
+warning naming both paths; nothing is deleted), and the previous step is restored: the damaged
+step can then be saved again, and whatever reads the newest step sees a readable one. Saving a
+step that already exists raises ``CheckpointExistsError`` instead of keeping either copy
+silently. See docs/checkpoints.md.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import base64
 import logging
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,10 +43,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from guard_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 STATE = "state"
 META = "meta"
+CORRUPT = "corrupt"  # WORKDIR/corrupt/STEP-TIMESTAMP: damaged steps moved out of orbax's listing
 
 
 class CheckpointMismatchError(ValueError):
@@ -50,6 +58,11 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointCorruptError(RuntimeError):
     """A checkpoint step exists but cannot be read."""
+
+
+class CheckpointExistsError(InputError, FileExistsError):
+    """A save asked for a step the directory already holds (another run writing to the same
+    workdir, or an import into a folder that has checkpoints); `guard-jax` exits 2."""
 
 
 # ------------------------------------------------------------------ pytree <-> flat dict
@@ -175,6 +188,12 @@ def _any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 # ------------------------------------------------------------------ the checkpointer
 class Checkpointer:
     """Saves every `every_steps` steps, keeps the last `keep`, restores onto any mesh.
@@ -218,16 +237,21 @@ class Checkpointer:
 
     def save(self, step: int, state, *, data_state=None, rng=None, extra=None,
              wait: bool = False) -> None:
-        """Saves now (asynchronously unless `wait` or async_save=False)."""
+        """Saves now (asynchronously unless `wait` or async_save=False). Raises
+        CheckpointExistsError if `step` is already saved: nothing is overwritten."""
         step = int(step)
         flat, _ = flatten_state(state)
         if step in self._mgr.all_steps():
-            log.info("checkpoint step %d already exists; not saving again", step)
-        else:
-            self._mgr.save(step, args=ocp.args.Composite(**{
-                STATE: ocp.args.StandardSave(flat),
-                META: ocp.args.JsonSave(self._metadata(step, data_state, rng, extra))}))
-            self.last_saved_step = step
+            # Keeping either copy silently would lose a state; an unreadable step never gets
+            # here (restore moves it aside), so another writer owns this directory.
+            raise CheckpointExistsError(
+                f"checkpoint step {step} already exists in {self.directory}; not overwriting "
+                "it (is another run writing to this directory?): use a new directory, or move "
+                f"{self.directory / str(step)} aside")
+        self._mgr.save(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(flat),
+            META: ocp.args.JsonSave(self._metadata(step, data_state, rng, extra))}))
+        self.last_saved_step = step
         if wait:
             self._mgr.wait_until_finished()
 
@@ -262,6 +286,23 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         steps = self.all_steps()
         return steps[-1] if steps else None
+
+    def _read(self, step: int, **items) -> tuple[Any, dict]:
+        """(orbax's output, the decoded metadata): `items` and the metadata of `step`."""
+        try:
+            out = self._mgr.restore(step, args=ocp.args.Composite(
+                **items, **{META: ocp.args.JsonRestore()}))
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointCorruptError(
+                f"checkpoint {self.directory / str(step)} cannot be restored "
+                f"({type(e).__name__}: {e})") from e
+        meta = dict(out[META] or {})
+        meta["data_state"] = _decode_data_state(meta.get("data_state"))
+        return out, meta
+
+    def read_meta(self, step: int) -> dict:
+        """The metadata of `step` (step, seed, rng, run config, data state), not its arrays."""
+        return self._read(step)[1]
 
     def check_compatible(self, step: int, target) -> None:
         """Raises CheckpointMismatchError naming the paths whose shapes/presence differ."""
@@ -298,21 +339,14 @@ class Checkpointer:
         flat_target, treedef = flatten_state(target)
         names = list(flat_target)
         abstract = {k: _abstract_leaf(v) for k, v in flat_target.items()}
-        try:
-            out = self._mgr.restore(step, args=ocp.args.Composite(**{
-                STATE: ocp.args.StandardRestore(abstract), META: ocp.args.JsonRestore()}))
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointCorruptError(
-                f"checkpoint {self.directory / str(step)} cannot be restored "
-                f"({type(e).__name__}: {e})") from e
-        meta = dict(out[META] or {})
-        meta["data_state"] = _decode_data_state(meta.get("data_state"))
+        out, meta = self._read(step, **{STATE: ocp.args.StandardRestore(abstract)})
         return unflatten_state(out[STATE], treedef, names), meta
 
     def restore(self, target, step: int | None = None):
         """(state, metadata) restored onto the shardings of `target` (concrete arrays or
         ShapeDtypeStructs with shardings, any mesh). With step=None, the latest readable step:
-        damaged steps are skipped with a warning. Shape mismatches always raise."""
+        each damaged newer step is moved to WORKDIR/corrupt/ (see `quarantine`) so that it can
+        be saved again. An explicit `step` is only read. Shape mismatches always raise."""
         if step is not None:
             if step not in self.all_steps():
                 raise FileNotFoundError(f"no checkpoint step {step} in {self.directory}; "
@@ -324,8 +358,35 @@ class Checkpointer:
         errors = []
         for s in reversed(steps):
             try:
-                return self._restore_step(s, target)
+                out, error = self._restore_step(s, target), None
             except CheckpointCorruptError as e:
-                log.warning("skipping unreadable checkpoint: %s", e)
-                errors.append(str(e))
-        raise CheckpointCorruptError("no readable checkpoint:\n" + "\n".join(errors))
+                out, error = None, e
+            # every process must take the same step (orbax saves are collective)
+            if not _any_process(error is not None):
+                return out
+            moved = self.quarantine(s, error)
+            errors.append(f"{moved}: {error or 'unreadable on another process'}")
+        raise CheckpointCorruptError(
+            f"no readable checkpoint in {self.directory}; the damaged steps were moved aside "
+            "(a new run in this directory starts from scratch):\n" + "\n".join(errors))
+
+    def quarantine(self, step: int, reason=None) -> Path:
+        """Moves step directory `step` to WORKDIR/corrupt/STEP-TIMESTAMP (process 0 moves, every
+        process waits for it) and returns the new path. Nothing is deleted; orbax no longer
+        lists the step, so it can be saved again."""
+        src = self.directory / str(step)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.directory / CORRUPT / f"{step}-{stamp}"
+        if jax.process_index() == 0:
+            n = 1
+            while dest.exists():  # the same step damaged twice within a second
+                dest = self.directory / CORRUPT / f"{step}-{stamp}-{n}"
+                n += 1
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            src.rename(dest)
+            log.warning("checkpoint step %d cannot be read: moved %s to %s (nothing deleted); "
+                        "trying the next older step. The error: %s", step, src, dest,
+                        reason or "unreadable on another process")
+        _sync_processes(f"guard_jax_quarantine_{step}")
+        self._mgr.reload()
+        return dest

@@ -492,27 +492,24 @@ def build_loader(run, model_config, *, tokenizer_dir: str):
                        tokenizer_dir=tokenizer_dir)
 
 
-def train(run, workdir: str) -> dict:
+def train(run, workdir: str, *, allow_config_change=()) -> dict:
     """Runs (or resumes) the GRPO job `run` (a locked run config) in `workdir`. Returns the
-    last logged metrics with "step" (rollout steps done)."""
+    last logged metrics with "step" (rollout steps done). A resume refuses config changes that
+    alter the checkpoint's meaning unless their keys are in `allow_config_change`."""
     from guard_jax.training import checkpoint as ckpt_lib
+    from guard_jax.training import resume
     from guard_jax.training.metrics import MetricsWriter, check_finite
 
     os.makedirs(workdir, exist_ok=True)
     run.workdir = str(workdir)
+    resume.check_config(run, workdir, allow=allow_config_change)  # before any device work
     trainer = GRPOTrainer(run, workdir)
     loader = build_loader(run, trainer.mc, tokenizer_dir=trainer.tokenizer_dir)
     ckpt = ckpt_lib.Checkpointer(workdir, keep=run.train.keep_checkpoints,
                                  every_steps=run.train.checkpoint_every,
                                  config=json.loads(run.to_json()), seed=run.train.seed)
     ckpt_lib.install_sigterm_handler()
-    start = 0
-    if ckpt.latest_step() is not None:
-        trainer.state, meta = ckpt.restore(trainer.state)
-        if meta.get("data_state") is not None:
-            loader.set_state(meta["data_state"])
-        start = int(meta["step"])
-        log.info("resumed from step %d", start)
+    trainer.state, start = resume.restore(ckpt, trainer.state, loader)
     writer = MetricsWriter(workdir, process_index=jax.process_index(),
                            total_steps=run.train.steps, initial_step=start)
     last: dict = {}

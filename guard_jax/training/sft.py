@@ -72,17 +72,21 @@ def train_components(run, model, mesh):
     return graphdef, state, tx, schedule, lora
 
 
-def train(run, workdir: str) -> dict:
-    """Runs (or resumes) the SFT job `run` (a locked run config) in `workdir`."""
+def train(run, workdir: str, *, allow_config_change=()) -> dict:
+    """Runs (or resumes) the SFT job `run` (a locked run config) in `workdir`. A resume refuses
+    config changes that alter the checkpoint's meaning unless their keys are in
+    `allow_config_change` (guard_jax/training/resume.py)."""
     from guard_jax.run_config import model_config
     from guard_jax.sharding import make_mesh
     from guard_jax.training import checkpoint as ckpt_lib
+    from guard_jax.training import resume
     from guard_jax.training.batch import to_model_batch
     from guard_jax.training.metrics import MetricsWriter, StepTimer, check_finite
     from guard_jax.training.train_step import make_train_step
 
     os.makedirs(workdir, exist_ok=True)
     run.workdir = str(workdir)
+    resume.check_config(run, workdir, allow=allow_config_change)  # before any device work
     mc = model_config(run)
     mesh = make_mesh(dict(run.mesh))
     tokenizer_dir = run.data.tokenizer_dir or run.model.hf_dir
@@ -99,13 +103,7 @@ def train(run, workdir: str) -> dict:
                                  every_steps=run.train.checkpoint_every * accum,
                                  config=json.loads(run.to_json()), seed=run.train.seed)
     ckpt_lib.install_sigterm_handler()
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        if meta.get("data_state") is not None:
-            loader.set_state(meta["data_state"])
-        start = int(meta["step"])
-        log.info("resumed from step %d", start)
+    state, start = resume.restore(ckpt, state, loader)
     step_fn = make_train_step(graphdef, tx, mesh=mesh, state=state, lora=lora)
     writer = MetricsWriter(workdir, process_index=jax.process_index(),
                            total_steps=total_micro, initial_step=start)
