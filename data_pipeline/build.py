@@ -7,7 +7,13 @@ written in source order (tfds shuffling is disabled, so record i is the i-th sam
 
 Bad input: `on_error="fail"` raises the first `SampleError` (it names file, record and field);
 `"skip"` counts it by reason and writes one quarantine line (file, record, field, reason,
-message). `read == written + sum(skipped)` always holds; nothing is dropped uncounted.
+message). `read == written + sum(skipped)` always holds; nothing is dropped uncounted. Besides
+the converter's own checks, every sample must pass `limits.SampleLimits` and, when a loader
+config is given, the loader's transform (so training never meets a record it refuses).
+
+The build is written into a hidden staging folder next to `out` and moved into place only once
+complete: a failed build leaves `out` as it was (an earlier build intact with --overwrite) and
+no partial folder behind. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -27,13 +33,18 @@ from typing import Any
 
 from data_pipeline.converters import converter_options, get_converter
 from data_pipeline.image_validation import ImagePolicy
-from data_pipeline.schema import Sample, SampleError
+from data_pipeline.limits import SampleLimits
+from data_pipeline.schema import DataInputError, Sample, SampleError
 
 BUILDER_NAME = "guard_samples"
 VERSION = "1.0.0"
 SUMMARY_FILE = "summary.json"
 QUARANTINE_FILE = "quarantine.jsonl"
 ON_ERROR = ("fail", "skip")
+
+
+class BuildExistsError(DataInputError, FileExistsError):
+    """`out` holds an earlier build and overwrite was not asked for."""
 
 
 class EmptyDatasetError(RuntimeError):
@@ -131,16 +142,20 @@ class _Outcome:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-        elif self.path.exists():
-            self.path.unlink()  # a stale quarantine from an earlier build of this folder
 
 
 def build_dataset(name: str, source: str | os.PathLike, out: str | os.PathLike, *,
                   split: str = "train", root: str | os.PathLike | None = None,
                   on_error: str = "fail", max_image_pixels: int | None = None,
                   embed_images: bool = False, overwrite: bool = False, progress: bool = True,
-                  options: dict[str, Any] | None = None, echo: bool = True) -> BuildSummary:
-    """Converts `source` with converter `name` into an ArrayRecord dataset under `out`."""
+                  options: dict[str, Any] | None = None, echo: bool = True,
+                  limits: SampleLimits = SampleLimits(), check_loader=None,
+                  tokenizer_dir: str | None = None,
+                  tokenizer_key: str | None = None) -> BuildSummary:
+    """Converts `source` with converter `name` into an ArrayRecord dataset under `out`.
+
+    `check_loader` (a `loader.LoaderConfig`, with `tokenizer_dir`) runs the loader's transform on
+    every sample, so records that loader would refuse are refused here (on_error decides)."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     convert = get_converter(name)
@@ -149,20 +164,63 @@ def build_dataset(name: str, source: str | os.PathLike, out: str | os.PathLike, 
     if unknown:
         raise ValueError(f"converter {name} has no option(s) {sorted(unknown)}; it takes "
                          f"{sorted(converter_options(name)) or 'none'}")
-    out = Path(out)
-    dataset_dir = out / BUILDER_NAME / name / VERSION
-    _prepare_out(out, dataset_dir, overwrite)
+    out = Path(out).absolute()
+    dataset_rel = Path(BUILDER_NAME) / name / VERSION
+    previous = _previous_build(out, dataset_rel)
+    if previous and not overwrite:
+        raise BuildExistsError(f"{previous[0]} exists; pass overwrite=True (--overwrite) to "
+                               "replace the earlier build")
 
     policy = ImagePolicy(embed=embed_images, max_pixels=max_image_pixels)
     source = Path(source).absolute()
     image_root = Path(root if root is not None else
                       (source if source.is_dir() else source.parent)).absolute()
+    transform = None
+    if check_loader is not None:
+        from data_pipeline.loader import ExampleTransform
+        transform = ExampleTransform(dataclasses.replace(check_loader, on_error="fail"),
+                                     tokenizer_dir, str(image_root), tokenizer_key=tokenizer_key)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        summary, empty = _build(convert, name, source, staging, out, dataset_rel, split=split,
+                                image_root=image_root, policy=policy, on_error=on_error,
+                                options=options, progress=progress, limits=limits,
+                                transform=transform)
+        if not empty or not previous:  # an empty build never replaces an earlier one
+            _swap_in(staging, out, dataset_rel)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if echo:
+        print(summary.format())
+    if empty:
+        kept = (f"; the earlier build in {out} is kept and this build's quarantine was not "
+                "written" if previous else f"; see {summary.quarantine or 'the source'}")
+        raise EmptyDatasetError(f"{name}: no sample written from {source} (read {summary.read}, "
+                                f"skipped {summary.skipped_total}: {summary.skipped}){kept}")
+    return summary
+
+
+def _build(convert, name: str, source: Path, staging: Path, out: Path, dataset_rel: Path, *,
+           split: str, image_root: Path, policy: ImagePolicy, on_error: str, options: dict,
+           progress: bool, limits: SampleLimits, transform) -> tuple[BuildSummary, bool]:
+    """Writes the whole build into `staging` (paths in the summary name `out`); returns the
+    summary and whether no sample was written."""
     summary = BuildSummary(name=name, source=str(source), split=split,
-                           dataset_dir=str(dataset_dir.absolute()), image_root=str(image_root),
-                           images="embedded" if embed_images else "paths", on_error=on_error)
-    outcome = _Outcome(summary, out.absolute() / QUARANTINE_FILE)
+                           dataset_dir=str(out / dataset_rel), image_root=str(image_root),
+                           images="embedded" if policy.embed else "paths", on_error=on_error)
+    outcome = _Outcome(summary, staging / QUARANTINE_FILE)
     start = time.perf_counter()
     samples = convert(source, root=image_root, images=policy, **options)
+
+    def check(item: Sample) -> SampleError | None:
+        try:
+            limits.check(item, image_root=image_root)
+            if transform is not None:
+                transform.example(item)
+        except SampleError as e:
+            return e
+        return None
 
     def examples() -> Iterator[tuple[int, dict[str, Any]]]:
         from tqdm.auto import tqdm
@@ -170,13 +228,14 @@ def build_dataset(name: str, source: str | os.PathLike, out: str | os.PathLike, 
                    file=sys.stderr)
         for item in bar:
             summary.read += 1
-            if isinstance(item, SampleError):
-                outcome.bad(item)
+            if not isinstance(item, (Sample, SampleError)):
+                raise TypeError(f"converter {name} yielded {type(item).__name__}")
+            problem = item if isinstance(item, SampleError) else check(item)
+            if problem is not None:
+                outcome.bad(problem)
                 bar.set_postfix(written=summary.written, skipped=sum(outcome.reasons.values()),
                                 refresh=False)
                 continue
-            if not isinstance(item, Sample):
-                raise TypeError(f"converter {name} yielded {type(item).__name__}")
             yield summary.written, {"id": item.id, "record": item.to_record()}
             summary.written += 1
         bar.close()
@@ -185,39 +244,52 @@ def build_dataset(name: str, source: str | os.PathLike, out: str | os.PathLike, 
                 "image_root": str(image_root), "images": summary.images}
     empty = False
     try:
-        _write(examples(), out, name, split, metadata)
+        _write(examples(), staging, name, split, metadata)
     except AssertionError:
         if summary.written:
             raise
-        empty = True  # tfds refuses an empty split; report it with the counts below
+        empty = True  # tfds refuses an empty split; report it with the counts
     finally:
         outcome.close()
         summary.skipped = dict(sorted(outcome.reasons.items()))
-        summary.quarantine = str(outcome.path) if summary.skipped_total else None
+        summary.quarantine = str(out / QUARANTINE_FILE) if summary.skipped_total else None
         summary.seconds = round(time.perf_counter() - start, 3)
     assert summary.read == summary.written + summary.skipped_total, summary
-    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), indent=2) + "\n",
-                                    encoding="utf-8")
-    if echo:
-        print(summary.format())
-    if empty:
-        raise EmptyDatasetError(f"{name}: no sample written from {source} (read {summary.read}, "
-                                f"skipped {summary.skipped_total}: {summary.skipped}); see "
-                                f"{summary.quarantine or 'the source'}")
-    return summary
+    (staging / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), indent=2) + "\n",
+                                        encoding="utf-8")
+    return summary, empty
 
 
-def _prepare_out(out: Path, dataset_dir: Path, overwrite: bool) -> None:
-    previous = [p for p in (dataset_dir, out / SUMMARY_FILE) if p.exists()]
-    if previous and not overwrite:
-        raise FileExistsError(f"{previous[0]} exists; pass overwrite=True (--overwrite) to "
-                              "replace the earlier build")
-    if dataset_dir.exists():
-        shutil.rmtree(dataset_dir)
-    for p in (out / SUMMARY_FILE, out / QUARANTINE_FILE):
-        if p.exists():
-            p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def _previous_build(out: Path, dataset_rel: Path) -> list[Path]:
+    return [p for p in (out / dataset_rel, out / SUMMARY_FILE) if p.exists()]
+
+
+def _swap_in(staging: Path, out: Path, dataset_rel: Path) -> None:
+    """Moves the finished build from `staging` into `out`, replacing the earlier build (its
+    dataset folder, summary and quarantine) only now; on a failed move the earlier one is put
+    back."""
+    parts = [dataset_rel, Path(SUMMARY_FILE), Path(QUARANTINE_FILE)]
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+    moved_old, moved_new = [], []
+    try:
+        for rel in parts:
+            if (out / rel).exists():
+                (old / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out / rel, old / rel)
+                moved_old.append(rel)
+        for rel in parts:
+            if (staging / rel).exists():
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / rel, out / rel)
+                moved_new.append(rel)
+    except BaseException:
+        for rel in moved_new:
+            os.replace(out / rel, staging / rel)
+        for rel in moved_old:
+            os.replace(old / rel, out / rel)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(examples, out: Path, name: str, split: str, metadata: dict[str, Any]) -> None:

@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         # a single process is left alone.
         from guard_jax import distributed
         distributed.initialize()
+    from data_pipeline.schema import DataInputError
     from guard_jax.errors import EXIT_INPUT, InputError
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
-    except InputError as e:  # one line, no traceback (docs/errors.md)
+    except (InputError, DataInputError) as e:  # one line, no traceback (docs/errors.md)
         print(f"guard-jax {args.command}: {e}", file=sys.stderr)
         return EXIT_INPUT
 

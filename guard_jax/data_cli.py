@@ -2,11 +2,12 @@
 
     guard-jax data build NAME --source PATH --out DIR [--on-error fail|skip] [--split train]
         [--root DIR] [--max-image-pixels N] [--embed-images] [--overwrite]
-        [--option KEY=VALUE ...]
+        [--option KEY=VALUE ...] [--max-text-chars N]
+        [--check-config configs/X.py [--config.a.b=v ...]]
     guard-jax data list
 
 Exit status: 0 on success, 1 when the build stopped on bad input (the message names file,
-record and field) or wrote nothing, 2 on a usage error.
+record and field) or wrote nothing, 2 on a usage error. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from data_pipeline.limits import DEFAULT_MAX_TEXT_CHARS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="converter option (repeatable); VALUE is read as JSON when it parses, "
                         "else as a string")
+    b.add_argument("--max-text-chars", type=int, default=DEFAULT_MAX_TEXT_CHARS,
+                   help="refuse records with a longer text field (user text, response, policy, "
+                        f"target); 0 = no limit (default: {DEFAULT_MAX_TEXT_CHARS})")
+    b.add_argument("--check-config", metavar="CONFIG",
+                   help="a training config (configs/*.py; --config.a.b=v overrides apply): "
+                        "refuse records its loader would refuse (recipe, tokenizer, sequence "
+                        "length, images and patch budget)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(overrides=[])  # --config.a.b=value arguments for --check-config (cli.py)
     sub.add_parser("list", help="list the converters and their options",
                    description="List the converters and their options.")
 
@@ -54,6 +65,26 @@ def _parse_options(items: list[str]) -> dict:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
+
+
+def _loader_check(args) -> dict:
+    """build_dataset's loader-check arguments for --check-config: the loader that config's
+    trainer builds (guard_jax/training/sft.py, grpo.py), on one process."""
+    overrides = list(getattr(args, "overrides", []))
+    if not args.check_config:
+        if overrides:
+            raise ValueError(f"{overrides[0]}: --config.* overrides need --check-config")
+        return {}
+    from guard_jax.run_config import load_config
+    run = load_config(args.check_config, overrides)
+    if run.trainer == "grpo":
+        from guard_jax.training.grpo import loader_config
+    else:
+        from guard_jax.training.sft import loader_config
+    from guard_jax.training.sft import tokenizer_key
+    return {"check_loader": loader_config(run, pad_id=0),
+            "tokenizer_dir": run.data.tokenizer_dir or run.model.hf_dir,
+            "tokenizer_key": f"{tokenizer_key(run)} of {args.check_config}"}
 
 
 def _list() -> int:
@@ -77,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from data_pipeline.build import EmptyDatasetError, build_dataset
     from data_pipeline.converters import CONVERTERS
+    from data_pipeline.limits import SampleLimits
     from data_pipeline.schema import SampleError
 
     if args.name not in CONVERTERS:
@@ -85,11 +117,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         options = _parse_options(args.option)
+        limits = SampleLimits(max_text_chars=args.max_text_chars or None)
         build_dataset(args.name, args.source, args.out, split=args.split, root=args.root,
                       on_error=args.on_error, max_image_pixels=args.max_image_pixels,
                       embed_images=args.embed_images, overwrite=args.overwrite,
-                      progress=not args.no_progress, options=options)
-    except (ValueError, FileExistsError) as e:
+                      progress=not args.no_progress, options=options, limits=limits,
+                      **_loader_check(args))
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
         if isinstance(e, SampleError):
             print(f"error: bad input ({e.reason}): {e}", file=sys.stderr)
             if args.on_error == "fail":

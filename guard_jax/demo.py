@@ -197,9 +197,9 @@ def export_parity(checkpoint: str, out: str, config) -> tuple[float, dict]:
 
 def main(args) -> int:
     from data_pipeline import synthetic
+    from data_pipeline.local_files import load_tokenizer
     from guard_jax.models.qwen2_5_vl import init_model, save_hf
     from guard_jax.training.sft import train
-    from transformers import AutoTokenizer
 
     t_start = time.perf_counter()
     workdir = args.workdir or tempfile.mkdtemp(prefix="guard_jax_demo_")
@@ -218,7 +218,7 @@ def main(args) -> int:
     t = time.perf_counter()
     tok_dir = synthetic.train_tokenizer(synthetic.tokenizer_corpus(paths["train_samples"][:400]),
                                         os.path.join(workdir, "tokenizer"), vocab_size=1024)
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    tokenizer = load_tokenizer(tok_dir)
     stage.done(f"{len(tokenizer)} tokens, Qwen2.5-VL special tokens and chat template", t)
 
     stage("model: tiny random Qwen2.5-VL sized to the tokenizer -> HF directory")

@@ -92,8 +92,8 @@ def _predictions(args) -> int:
                     category=args.field_category)
     count = None
     if args.tokenizer_dir:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(args.tokenizer_dir, local_files_only=True)
+        from data_pipeline.local_files import load_tokenizer
+        tok = load_tokenizer(args.tokenizer_dir, key="--tokenizer-dir")
         count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
     report, errors = score_predictions(
         args.predictions, recipe=args.recipe, task=args.task, rule=args.rule, fields=fields,

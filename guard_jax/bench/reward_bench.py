@@ -117,8 +117,8 @@ def main(args) -> int:
     if bad:
         raise SystemExit(f"guard-jax bench reward: unknown recipes {bad}; known: {RECIPES}")
     if args.tokenizer_dir:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(args.tokenizer_dir, local_files_only=True)
+        from data_pipeline.local_files import load_tokenizer
+        tok = load_tokenizer(args.tokenizer_dir, key="--tokenizer-dir")
     else:
         from data_pipeline.qwen_tokenizer import qwen2_5_vl_tokenizer
         tok = qwen2_5_vl_tokenizer()

@@ -23,8 +23,8 @@ def load_tokenizer(path):
     if not path:
         raise ValueError("no tokenizer: set data.tokenizer_dir, or pass --hf-dir / --checkpoint "
                          "(whose export carries the tokenizer files)")
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    from data_pipeline.local_files import load_tokenizer as load_local
+    return load_local(path)
 
 
 def decode_outputs(tokens, tokenizer, eos_token_ids) -> list[str]:

@@ -223,13 +223,14 @@ class GRPOTrainer:
 
     def __init__(self, run, workdir: str):
         from flax import nnx
-        from transformers import AutoTokenizer
 
+        from data_pipeline.local_files import load_tokenizer
         from guard_jax.run_config import model_config
         from guard_jax.sharding import make_mesh
         from guard_jax.training.grpo_rewards import RolloutReward
         from guard_jax.training.lora import from_run, lora_shapes
         from guard_jax.training.optim import make_optimizer
+        from guard_jax.training.sft import tokenizer_key
         from guard_jax.training.train_step import init_train_state
 
         self.run, self.g = run, run.grpo
@@ -260,7 +261,7 @@ class GRPOTrainer:
                        self.G, self.g.reward_knobs, self.g.similarity_model)
         if _REWARD.get("args") != reward_args:  # its jitted parse, too, survives a resume
             name, tok_dir, vocab, g, knobs, sim = reward_args
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            tokenizer = load_tokenizer(tok_dir, key=tokenizer_key(run))
             _REWARD.update(args=reward_args, reward=RolloutReward(
                 name, tokenizer, vocab_size=vocab, num_generations=g, knobs=knobs,
                 similarity_model=sim))
@@ -471,7 +472,8 @@ def build_loader(run, model_config, *, tokenizer_dir: str):
     """The SFT loader in RL form: generation prompts of one static length with their reward
     labels, grpo.rollout_chunk_prompts per batch."""
     from data_pipeline.build import open_source
-    from data_pipeline.loader import LoaderConfig, make_loader
+    from data_pipeline.loader import make_loader
+    from guard_jax.training.sft import tokenizer_key
 
     if not run.data.path:
         raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
@@ -479,7 +481,17 @@ def build_loader(run, model_config, *, tokenizer_dir: str):
     if jax.process_count() > 1:
         raise NotImplementedError("the GRPO trainer runs on one process (any number of local "
                                   "devices); multi-host rollouts are not implemented yet")
-    cfg = LoaderConfig(
+    return make_loader(open_source(run.data.path, run.data.split),
+                       loader_config(run, pad_id=model_config.generation_pad_id),
+                       tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
+
+
+def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 1):
+    """The GRPO loader's settings for `run`: generation prompts without targets, one static
+    length, a fresh permutation per epoch (docs/data.md). `guard-jax data build
+    --check-config` checks records against the same."""
+    from data_pipeline.loader import LoaderConfig
+    return LoaderConfig(
         recipe=run.data.recipe,
         recipe_options=(("mode", run.data.recipe_mode),) if run.data.recipe_mode else (),
         buckets=(run.grpo.max_prompt_len,), batch_size=run.grpo.rollout_chunk_prompts,
@@ -487,9 +499,7 @@ def build_loader(run, model_config, *, tokenizer_dir: str):
         max_pixels=run.data.max_pixels, seed=run.train.seed, num_epochs=None,
         worker_count=run.data.worker_count, on_error=run.data.on_error,
         quarantine_path=os.path.join(run.workdir, "quarantine.jsonl"),
-        pad_id=model_config.generation_pad_id, rl=True)
-    return make_loader(open_source(run.data.path, run.data.split), cfg,
-                       tokenizer_dir=tokenizer_dir)
+        shard_index=shard_index, shard_count=shard_count, pad_id=pad_id, rl=True)
 
 
 def train(run, workdir: str, *, allow_config_change=()) -> dict:

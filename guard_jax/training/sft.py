@@ -26,28 +26,41 @@ def _buckets(run) -> tuple[int, ...]:
     return out
 
 
-def build_loader(run, model_config, *, tokenizer_dir: str):
-    from data_pipeline.build import open_source
-    from data_pipeline.loader import LoaderConfig, make_loader
+def tokenizer_key(run) -> str:
+    """The config key the run's tokenizer folder comes from (named when it is not a folder)."""
+    return "data.tokenizer_dir" if run.data.tokenizer_dir else "model.hf_dir"
 
-    if not run.data.path:
-        raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
-                         "build` (--config.data.path=DIR)")
-    n_proc, pid = jax.process_count(), jax.process_index()
-    if run.train.micro_batch % n_proc:
+
+def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 1):
+    """The SFT loader's settings for `run`: one endless stream, a fresh permutation per epoch
+    (docs/data.md). `guard-jax data build --check-config` checks records against the same."""
+    from data_pipeline.loader import LoaderConfig
+
+    if run.train.micro_batch % shard_count:
         raise ValueError(f"train.micro_batch {run.train.micro_batch} does not split over "
-                         f"{n_proc} processes")
-    cfg = LoaderConfig(
+                         f"{shard_count} processes")
+    return LoaderConfig(
         recipe=run.data.recipe,
         recipe_options=(("mode", run.data.recipe_mode),) if run.data.recipe_mode else (),
-        buckets=_buckets(run), batch_size=run.train.micro_batch // n_proc,
+        buckets=_buckets(run), batch_size=run.train.micro_batch // shard_count,
         images_per_sample=run.data.images_per_sample, min_pixels=run.data.min_pixels,
         max_pixels=run.data.max_pixels, seed=run.train.seed, num_epochs=None,
         worker_count=run.data.worker_count, on_error=run.data.on_error,
         quarantine_path=os.path.join(run.workdir, "quarantine.jsonl"),
-        shard_index=pid, shard_count=n_proc, pad_id=model_config.generation_pad_id)
+        shard_index=shard_index, shard_count=shard_count, pad_id=pad_id)
+
+
+def build_loader(run, model_config, *, tokenizer_dir: str):
+    from data_pipeline.build import open_source
+    from data_pipeline.loader import make_loader
+
+    if not run.data.path:
+        raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
+                         "build` (--config.data.path=DIR)")
+    cfg = loader_config(run, pad_id=model_config.generation_pad_id,
+                        shard_index=jax.process_index(), shard_count=jax.process_count())
     return make_loader(open_source(run.data.path, run.data.split), cfg,
-                       tokenizer_dir=tokenizer_dir)
+                       tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
 
 
 def initial_model(run, mc, mesh):
