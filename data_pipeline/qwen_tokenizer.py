@@ -79,11 +79,11 @@ def qwen2_5_vl_tokenizer():
 
     Treat it as read-only: it is shared by every caller.
     """
-    from transformers import AutoTokenizer
+    from data_pipeline.local_files import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="qwen2_5_vl_tok_") as d:
         write_qwen2_5_vl_tokenizer_dir(d)
-        tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True)
+        tokenizer = load_tokenizer(d)
     tokenizer.chat_template = CHAT_TEMPLATE
     if len(tokenizer) != 151665 or tokenizer.encode(TEST_VECTOR[0]) != TEST_VECTOR[1]:
         raise AssertionError(f"derived tokenizer is not Qwen2.5's: len {len(tokenizer)}")
