@@ -1,6 +1,9 @@
 """`guard-jax plan --config X [--target v5p-32]`: per-device memory of a run, and whether it fits.
 
-Two methods, always named in the output:
+Three methods, always named in the output:
+- TPU compiler (TPU targets, when libtpu is installed): every program of the run compiled for
+  the target topology on this host (guard_jax/aot.py) and the compiler's memory analysis of
+  each; this is what the TPU will allocate. Without libtpu the plan says how to get it.
 - arithmetic: parameter, gradient and optimizer bytes from the parameter specs and the sharding
   rules (exact); activations from the configured remat policy (an estimate of what the
   backward pass keeps); the rollout's KV cache and sampling weights for GRPO.
@@ -23,16 +26,28 @@ GIB = 1024**3
 # HBM per device (GiB) and TensorCores per device for the targets we plan for.
 CHIPS = {
     "v5p": (95.0, 2), "v5e": (16.0, 1), "v6e": (32.0, 1), "v4": (32.0, 2),
+    "tpu7x": (96.0, 1),
     "h100": (79.6, None), "h200": (140.4, None), "a100": (79.2, None),
 }
+GPUS = ("h100", "h200", "a100")
 HEADROOM = 0.9  # leave 10% for the runtime, fragmentation and collectives buffers
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a run config file (configs/*.py)")
     p.add_argument("--target", default="h100x8",
-                   help="chip and size: v5p-32 (TensorCores, as Cloud TPU names it), v6e-8, "
-                        "h100x8, h200x8, ... (default h100x8)")
+                   help="chip and size: v5p-64 (TensorCores, as Cloud TPU names it), v5e-16, "
+                        "v6e-8, tpu7x-8 (devices), h100x8, h200x8, ... (default h100x8). TPU "
+                        "targets are compiled with the real TPU compiler when libtpu is "
+                        "installed (pip install -e '.[tpu-aot]'; no TPU needed). GPU targets "
+                        "cannot be compiled for without a GPU: they get the arithmetic plan and, "
+                        "with --compiled, XLA's CPU memory analysis")
+    p.add_argument("--slices", type=int, default=1,
+                   help="TPU slices joined over DCN (multi-slice); the mesh's data axis spans "
+                        "them (default 1)")
+    p.add_argument("--phases", default="",
+                   help="TPU compiler: which programs, comma-separated from sft, grpo, eval "
+                        "(default: the config's trainer)")
     p.add_argument("--compiled", action="store_true",
                    help="also lower the train step on fake CPU devices and report XLA's memory "
                         "analysis (minutes for 7B)")
@@ -40,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_target(target: str) -> tuple[str, int, float]:
-    m = re.fullmatch(r"(v5p|v5e|v6e|v4)-(\d+)|(h100|h200|a100)x(\d+)", target.lower())
+    m = re.fullmatch(r"(v5p|v5e|v6e|v4|tpu7x)-(\d+)|(h100|h200|a100)x(\d+)", target.lower())
     if not m:
-        raise ValueError(f"--target {target!r}: use e.g. v5p-32, v6e-8, h100x8 or h200x8")
+        raise ValueError(f"--target {target!r}: use e.g. v5p-32, v6e-8, tpu7x-8, h100x8 or "
+                         "h200x8")
     if m.group(1):
         chip, n = m.group(1), int(m.group(2))
         hbm, cores = CHIPS[chip]
@@ -245,8 +261,64 @@ def format_plan(plan: Plan, chip: str, n_devices: int, hbm_gib: float,
     return "\n".join(lines)
 
 
+def format_tpu(results, target, mesh_shape, arith_train: float | None) -> str:
+    """The TPU compiler's figures of each program, per device, and the fit verdict."""
+    hbm = target.hbm_gib
+    budget = hbm * HEADROOM
+    lines = [f"TPU compiler: {target}, mesh data={mesh_shape[0]} fsdp={mesh_shape[1]} "
+             f"tensor={mesh_shape[2]}; per device, GiB", "",
+             f"  {'program':<26}{'args':>8}{'temp':>8}{'out':>8}{'alias':>8}{'peak':>8}"
+             f"{'TFLOP':>9}{'GB acc.':>9}{'compile s':>11}  verdict"]
+    for r in results:
+        verdict = "fits" if r.peak / GIB <= budget else "DOES NOT FIT"
+        lines.append(f"  {r.name:<26}{r.argument / GIB:>8.2f}{r.temp / GIB:>8.2f}"
+                     f"{r.output / GIB:>8.2f}{r.alias / GIB:>8.2f}{r.peak / GIB:>8.2f}"
+                     f"{r.flops / 1e12:>9.3f}{r.bytes_accessed / 1e9:>9.2f}{r.compile_s:>11.1f}"
+                     f"  {verdict}")
+    lines.append("")
+    lines.append("  collectives in the compiled HLO (count of ops):")
+    for r in results:
+        found = ", ".join(f"{k} {v}" for k, v in r.collectives.items() if v) or "none"
+        kernel = f"; {r.custom_calls} Pallas kernel calls" if r.custom_calls else ""
+        lines.append(f"    {r.name:<24}{found}{kernel}")
+    worst = max(r.peak for r in results)
+    lines.append("")
+    lines.append(f"  peak over programs {worst / GIB:.2f} GiB of {hbm:g} GiB HBM: "
+                 + ("fits" if worst / GIB <= budget else "DOES NOT FIT")
+                 + f" (budget {budget:.1f} GiB with 10% headroom)")
+    train = next((r for r in results if "step" in r.name), None)
+    if arith_train is not None and train is not None:
+        lines.append(f"  arithmetic / TPU compiler, {train.name}: "
+                     f"{arith_train / train.peak:.2f}")
+    return "\n".join(lines)
+
+
+def _tpu_compiler_plan(args, run, arith: Plan) -> str | None:
+    """The TPU compiler's section for a TPU target, or None (with a hint) without libtpu."""
+    from guard_jax import aot
+    if not aot.libtpu_available():
+        print(f"[plan] {aot.INSTALL_HINT}; falling back to the arithmetic plan", flush=True)
+        return None
+    target = aot.parse_tpu_target(args.target, args.slices)
+    phases = [p for p in args.phases.split(",") if p] or [run.trainer]
+    unknown = set(phases) - set(aot.PROGRAMS)
+    if unknown:
+        raise ValueError(f"--phases {sorted(unknown)}: choose from {', '.join(aot.PROGRAMS)}")
+    print(f"[plan] compiling {', '.join(phases)} for {target} with the TPU compiler...",
+          flush=True)
+    shape, results = aot.compile_run(run, aot.tpu_devices(target), phases=phases)
+    arith_train = arith.phase_totals()["train step"] if arith.mesh == shape else None
+    return format_tpu(results, target, shape, arith_train)
+
+
 def main(args) -> int:
     chip, n_devices, hbm = parse_target(args.target)
+    tpu = chip not in GPUS
+    if args.slices != 1 and not tpu:
+        raise ValueError("--slices is for TPU targets")
+    n_devices *= args.slices
+    if tpu and not args.compiled:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # topology descriptions need no TPU
     if args.compiled:
         # Fake CPU devices shaped like the target: only possible before jax initialises.
         os.environ["JAX_PLATFORMS"] = "cpu"
@@ -265,5 +337,11 @@ def main(args) -> int:
         print(f"[plan] lowering and compiling the train step on {n_devices} fake CPU devices...",
               flush=True)
         compiled = compiled_plan(run, plan.mesh)
-    print(format_plan(plan, chip, n_devices, hbm, compiled))
+    text = format_plan(plan, chip, n_devices, hbm, compiled)
+    if tpu:
+        section = _tpu_compiler_plan(args, run, plan)
+        if section:
+            text = text.replace("\nmethod: arithmetic", "\n\n" + section + "\n\nmethod: TPU compiler "
+                                "(authoritative for TPU) + arithmetic", 1)
+    print(text)
     return 0

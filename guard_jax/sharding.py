@@ -95,9 +95,28 @@ def make_mesh(config: MeshConfig | Mapping | Sequence | None = None, devices=Non
     devices = list(jax.devices() if devices is None else devices)
     shape = config.resolve(len(devices))
     devices = devices[:math.prod(shape)]
+    auto = (AxisType.Auto,) * len(MESH_AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        return Mesh(_multislice_devices(shape, devices, slices), MESH_AXES, axis_types=auto)
     # Auto axes: GSPMD propagates shardings between the explicit in/out shardings of a step.
-    return jax.make_mesh(shape, MESH_AXES, devices=devices,
-                         axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+
+
+def _multislice_devices(shape, devices, slices: int) -> np.ndarray:
+    """Devices of several TPU slices joined over DCN: the slow links carry the data axis (one
+    gradient all-reduce a step), or fsdp when data does not split over the slices; the other
+    axes stay inside a slice (ICI). See docs/tpu.md."""
+    from jax.experimental import mesh_utils
+    axis = next((i for i in (0, 1) if shape[i] % slices == 0), None)
+    if axis is None:
+        raise ValueError(f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} over {slices} "
+                         f"slices: data (or fsdp) must be a multiple of {slices}, the axis that "
+                         "spans the slices")
+    ici, dcn = list(shape), [1, 1, 1]
+    ici[axis] //= slices
+    dcn[axis] = slices
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
 
 
 def _as_tuple(a: MeshAxes) -> tuple[str, ...]:
