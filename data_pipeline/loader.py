@@ -26,10 +26,14 @@ import numpy as np
 from data_pipeline.image_processing import PATCH_SIZE, preprocess_images
 from data_pipeline.local_files import load_tokenizer
 from data_pipeline.prompts import render
-from data_pipeline.schema import Sample, SampleError
+from data_pipeline.schema import DataInputError, Sample, SampleError
 from data_pipeline.tokenize import TokenizeError, tokenize_rendered
 
 SKIP = "_skip"
+
+
+class NoUsableRecords(DataInputError):
+    """Skip mode refused every record: training has nothing to read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +198,27 @@ def pad_batch(examples: Sequence[dict[str, Any]], config: LoaderConfig) -> dict[
     return out
 
 
+class _SkipGuard:
+    """The skip filter: drops refused samples, and stops the run with one clear error once a
+    whole dataset's worth of samples in a row has been refused (every record bad would
+    otherwise make an endless loader that never yields a batch)."""
+
+    def __init__(self, size: int, quarantine_path: str | None):
+        self.size, self.quarantine_path, self.run = max(size, 1), quarantine_path, 0
+
+    def __call__(self, example) -> bool:
+        if SKIP not in example:
+            self.run = 0
+            return True
+        self.run += 1
+        if self.run > self.size:
+            where = f"; see {self.quarantine_path}.shard*" if self.quarantine_path else ""
+            raise NoUsableRecords(f"the last {self.run} samples in a row were refused, more "
+                                  f"than the dataset's {self.size} records: no record is "
+                                  f"usable with these settings{where}")
+        return False
+
+
 def make_loader(source, config: LoaderConfig, *, tokenizer_dir: str,
                 image_root: str | None = None, tokenizer_key: str | None = None):
     """A grain iterator of padded batches (call .get_state() / .set_state() to checkpoint).
@@ -217,7 +242,7 @@ def make_loader(source, config: LoaderConfig, *, tokenizer_dir: str,
         # processes together see each epoch's records exactly once.
         ds = ds[config.shard_index::config.shard_count]
     it = ds.map(transform).to_iter_dataset()
-    it = it.filter(lambda e: SKIP not in e)
+    it = it.filter(_SkipGuard(len(source), config.quarantine_path))
     it = it.batch(config.batch_size, drop_remainder=True,
                   batch_fn=lambda exs: pad_batch(exs, config))
     if config.worker_count > 0:

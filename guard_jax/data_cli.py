@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
             if args.on_error == "fail":
                 print("hint: --on-error skip counts and quarantines bad records instead",
                       file=sys.stderr)
-            return 1
+            return 2  # bad input, like every command (docs/errors.md)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except EmptyDatasetError as e:

@@ -469,7 +469,7 @@ def test_cli_build_list_and_errors(tmp_path, capsys):
     root = tmp_path / "data"
     _bad_case("unknown_label", root, tmp_path)
     base = ["build", "safeeditbench", "--source", str(root / "seb.jsonl"), "--no-progress"]
-    assert _cli(base + ["--out", str(tmp_path / "a")]) == 1
+    assert _cli(base + ["--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "unknown_label" in err and "record line 2" in err and "'safety_label'" in err
 

@@ -125,6 +125,21 @@ def test_loader_counts_text_problems_instead_of_crashing(tmp_path, tok_dir):
     assert fields == {"messages[1]", "target"}
 
 
+def test_skip_mode_with_no_usable_record_stops_instead_of_spinning(tmp_path, tok_dir):
+    """Every record refused, repeated forever: one clear error after a dataset's worth of
+    refusals in a row, never an endless loader."""
+    from data_pipeline.loader import NoUsableRecords
+    samples = [Sample(id=f"s{i}", source="t", task=Task.PROMPT_HARMFULNESS,
+                      user_text="see <|image_pad|>", prompt_label=Label.UNHARMFUL,
+                      target=TARGET) for i in range(3)]
+    q = str(tmp_path / "q.jsonl")
+    cfg = LoaderConfig(recipe="guardreasoner_vl", buckets=(512,), batch_size=1,
+                       on_error="skip", quarantine_path=q, num_epochs=None)
+    with pytest.raises(NoUsableRecords, match="the last 4 samples in a row were refused"):
+        next(make_loader(samples, cfg, tokenizer_dir=tok_dir))
+    assert quarantine_summary(q)["bad_text"] >= 4  # (grain reads ahead of the filter)
+
+
 # ---- item 10: --overwrite swaps the finished build in --------------------------------------
 
 def _leftovers(parent: Path):
