@@ -159,3 +159,30 @@ def test_sharded_splash_train_step_equals_xla(setup):
     assert abs(l1 - l0) < 1e-5
     worst = max(float(np.abs(np.asarray(p1[k]) - np.asarray(v)).max()) for k, v in p0.items())
     assert worst <= 1e-5, f"splash on the mesh moves parameters {worst} away from xla"
+
+
+@pytest.mark.parametrize("freeze,accumulation", [("", 1), ("^visual", 1), ("^visual", 4)])
+def test_optimizer_moments_shard_like_their_parameters(freeze, accumulation):
+    """Adam's moments (and MultiSteps' accumulated gradient) take their parameter's sharding,
+    also for optim.freeze's masked state, whose tree lacks the frozen leaves (they were
+    replicated on every device before: 3x the trainable parameters per device)."""
+    import jax
+    from flax import nnx
+
+    from guard_jax.models.qwen2_5_vl import abstract_model
+    from guard_jax.run_config import base_config
+    from guard_jax.training.optim import make_optimizer
+    from guard_jax.training.train_step import state_shardings
+    mesh = make_mesh((1, 8, 1))
+    _, params = nnx.split(abstract_model(tiny()), nnx.Param)
+    optim = base_config().optim
+    optim.freeze = freeze
+    tx, _ = make_optimizer(optim, total_steps=10, accumulation=accumulation, params=params)
+    sh = state_shardings(params, tx, mesh)
+    q_spec = sh["params"]["text"]["layers"]["q"].get_value().spec
+    assert q_spec != ()
+    moments = [(jax.tree_util.keystr(p), s) for p, s in
+               jax.tree_util.tree_leaves_with_path(sh["opt_state"])
+               if "text" in jax.tree_util.keystr(p) and "'q'" in jax.tree_util.keystr(p)]
+    assert len(moments) == (3 if accumulation > 1 else 2), moments  # mu, nu (+ accumulator)
+    assert all(s.spec == q_spec for _, s in moments), moments

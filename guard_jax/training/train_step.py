@@ -98,24 +98,34 @@ def state_shardings(params, tx, mesh, rules=TRAIN_RULES, *, lora=None):
     return out
 
 
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
 def _match_param_like(abstract_opt, opt_sh, params, p_sh):
-    """Gives every sub-tree of the optimizer state that has the params' structure the params'
-    shardings (adam's mu and nu, for instance)."""
-    p_struct = jax.tree.structure(params)
-    p_leaves = jax.tree.leaves(p_sh)
+    """Gives every optimizer-state leaf that mirrors a parameter (adam's mu and nu, the
+    accumulated gradient) that parameter's sharding: a leaf whose key path ends with a
+    parameter's path and has its shape. Matching by path, not by whole sub-tree structure,
+    also covers states built over part of the parameters (optim.freeze's masked states,
+    whose frozen leaves are absent). Everything else keeps its (replicated) sharding."""
+    by_path = {}
+    for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(params),
+                                jax.tree.leaves(p_sh)):
+        by_path[tuple(_key_name(k) for k in path)] = (tuple(leaf.shape), sh)
+    depth = max(len(k) for k in by_path)
 
-    def walk(abs_node, sh_node):
-        if jax.tree.structure(abs_node) == p_struct:
-            return jax.tree.unflatten(jax.tree.structure(sh_node), p_leaves)
-        if isinstance(abs_node, tuple) and hasattr(abs_node, "_fields"):
-            return type(abs_node)(*(walk(a, s) for a, s in zip(abs_node, sh_node)))
-        if isinstance(abs_node, (tuple, list)):
-            return type(abs_node)(walk(a, s) for a, s in zip(abs_node, sh_node))
-        if isinstance(abs_node, dict):
-            return {k: walk(abs_node[k], sh_node[k]) for k in abs_node}
-        return sh_node
+    def pick(path, leaf, sh):
+        names = tuple(_key_name(k) for k in path)
+        for start in range(max(len(names) - depth, 0), len(names)):
+            hit = by_path.get(names[start:])
+            if hit is not None and hit[0] == tuple(getattr(leaf, "shape", ())):
+                return hit[1]
+        return sh
 
-    return walk(abstract_opt, opt_sh)
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt, opt_sh)
 
 
 def build_step(graphdef, tx: optax.GradientTransformation, *, mesh=None, rules=TRAIN_RULES,
