@@ -136,6 +136,7 @@ class Compiled:
     collectives: dict[str, int]
     custom_calls: int  # Mosaic (Pallas) kernels in the compiled HLO
     compile_s: float
+    error: str | None = None  # the compiler refused: the program needs more HBM than the chip
 
     @property
     def peak(self) -> int:
@@ -143,7 +144,18 @@ class Compiled:
 
 
 def _analyse(name: str, lowered, t0: float) -> Compiled:
-    compiled = lowered.compile()
+    import jax
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler refuses a program whose buffers exceed the chip's HBM; report it as
+        # not fitting, with the temporaries it asked for, instead of failing the whole plan.
+        m = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+            raise
+        temp = int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024)
+        return Compiled(name, 0, 0, 0, temp, 0.0, 0.0, {}, 0, time.perf_counter() - t0,
+                        error=str(e).splitlines()[0][:300])
     seconds = time.perf_counter() - t0
     ma = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}

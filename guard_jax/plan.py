@@ -271,6 +271,11 @@ def format_tpu(results, target, mesh_shape, arith_train: float | None) -> str:
              f"{'TFLOP':>9}{'GB acc.':>9}{'compile s':>11}  verdict"]
     for r in results:
         verdict = "fits" if r.peak / GIB <= budget else "DOES NOT FIT"
+        if r.error:
+            lines.append(f"  {r.name:<26}{'':>32}{r.peak / GIB:>8.2f}{'':>18}{r.compile_s:>11.1f}"
+                         f"  DOES NOT FIT (the compiler needs {r.temp / GIB:.2f} GiB of "
+                         "temporaries alone)")
+            continue
         lines.append(f"  {r.name:<26}{r.argument / GIB:>8.2f}{r.temp / GIB:>8.2f}"
                      f"{r.output / GIB:>8.2f}{r.alias / GIB:>8.2f}{r.peak / GIB:>8.2f}"
                      f"{r.flops / 1e12:>9.3f}{r.bytes_accessed / 1e9:>9.2f}{r.compile_s:>11.1f}"
@@ -278,6 +283,9 @@ def format_tpu(results, target, mesh_shape, arith_train: float | None) -> str:
     lines.append("")
     lines.append("  collectives in the compiled HLO (count of ops):")
     for r in results:
+        if r.error:
+            lines.append(f"    {r.name:<24}(not compiled: {r.error})")
+            continue
         found = ", ".join(f"{k} {v}" for k, v in r.collectives.items() if v) or "none"
         kernel = f"; {r.custom_calls} Pallas kernel calls" if r.custom_calls else ""
         lines.append(f"    {r.name:<24}{found}{kernel}")
@@ -286,7 +294,7 @@ def format_tpu(results, target, mesh_shape, arith_train: float | None) -> str:
     lines.append(f"  peak over programs {worst / GIB:.2f} GiB of {hbm:g} GiB HBM: "
                  + ("fits" if worst / GIB <= budget else "DOES NOT FIT")
                  + f" (budget {budget:.1f} GiB with 10% headroom)")
-    train = next((r for r in results if "step" in r.name), None)
+    train = next((r for r in results if "step" in r.name and not r.error), None)
     if arith_train is not None and train is not None:
         lines.append(f"  arithmetic / TPU compiler, {train.name}: "
                      f"{arith_train / train.peak:.2f}")

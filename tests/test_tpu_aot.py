@@ -124,3 +124,19 @@ def test_planner_tpu_method_equals_direct_memory_analysis(capsys):
     assert "Pallas kernel calls" in out
     row = next(line for line in out.splitlines() if line.strip().startswith("sft train step"))
     assert f"{ours.peak / plan.GIB:.2f}" in row.split()
+
+
+def test_program_over_hbm_is_reported_as_not_fitting():
+    """The TPU compiler refuses a program whose temporaries exceed HBM; the plan reports it
+    (with the temporaries asked for) instead of failing."""
+    class Refused:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
+                "HLO temporaries (169.64G) exceeds available HBM (95.74G).")
+
+    r = aot._analyse("sft train step", Refused(), 0.0)
+    assert r.error and abs(r.temp / plan.GIB - 169.64) < 0.01 and r.peak == r.temp
+    target = aot.parse_tpu_target("v5p-16")
+    text = plan.format_tpu([r], target, (1, 8, 1), None)
+    assert "DOES NOT FIT (the compiler needs 169.64 GiB" in text and "not compiled" in text
