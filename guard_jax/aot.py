@@ -112,6 +112,10 @@ def tpu_devices(target: TpuTarget):
     """Device descriptions of the target's slices (no TPU needed; libtpu must be installed)."""
     if not libtpu_available():
         raise RuntimeError(INSTALL_HINT)
+    import os
+    # No chip is opened: several processes may compile at once (libtpu's lock file is for
+    # processes sharing real TPU chips).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
     grid = _chip_grid(target.chip, target.chips)
     bounds = (min(grid[0], 2), min(grid[1], 2), 1)  # hosts of up to 2x2 chips
