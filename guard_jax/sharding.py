@@ -245,6 +245,13 @@ BATCH_AXES = {
     "pos_hw": ("act_batch", None, None),
     "win_idx": ("act_batch", None, None),
     "full_idx": ("act_batch", None, None),
+    # GRPO micro-batches: rollouts split like the batch (training/grpo.py)
+    "completion": ("act_batch", None),
+    "completion_mask": ("act_batch", None),
+    "old_logp": ("act_batch", None),
+    "ref_logp": ("act_batch", None),
+    "weights": ("act_batch", None),
+    "advantages": ("act_batch",),
 }
 
 
