@@ -140,3 +140,12 @@ def test_program_over_hbm_is_reported_as_not_fitting():
     target = aot.parse_tpu_target("v5p-16")
     text = plan.format_tpu([r], target, (1, 8, 1), None)
     assert "DOES NOT FIT (the compiler needs 169.64 GiB" in text and "not compiled" in text
+
+
+def test_plan_without_libtpu_says_how_and_falls_back(monkeypatch, capsys):
+    monkeypatch.setattr(aot, "libtpu_available", lambda: False)
+    from guard_jax.cli import main
+    assert main(["plan", "--config", "configs/tiny_sft.py", "--target", "v5e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "pip install -e '.[tpu-aot]'" in out and "falling back to the arithmetic plan" in out
+    assert "method: arithmetic." in out and "TPU compiler:" not in out
