@@ -1,4 +1,4 @@
-"""GuardReasoner-VL stage 2, GRPO with dynamic clipping, 3B (guard_recipes.md §1.10-1.13, §7.3).
+"""GuardReasoner-VL stage 2, GRPO with dynamic clipping, 3B (docs/recipes.md#guardreasoner-vl).
 
 Data:  guard-jax data build guardreasoner_vl_rl --source SRC --out data/grvl_rl
        (SRC: the 12K RL prompts, 20% safety-aware concatenations)

@@ -6,7 +6,8 @@ Plan:  guard-jax plan --config configs/guardreasoner_vl_grpo_7b.py --target v5p-
 Expect: as configs/guardreasoner_vl_grpo_3b.py (the same hyperparameters: G = 16, T = 1.2, 512
 prompts per step in 4 updates of 128, lr 1e-6, wd 1e-2, no KL, linear clip decay from 0.2,
 prompt/response 3072/3072, images 512^2..2048^2 pixels, vision trained) on the 7B model; memory
-per device as in the README's planning table. Paper anchor: 79.07 prompt Avg(All) F1.
+per device: docs/performance.md#tpu-memory-of-the-recipe-configs. Paper anchor: 79.07 prompt
+Avg(All) F1.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""GuardReasoner-VL stage 1, reasoning SFT (R-SFT), 3B (guard_recipes.md §1.7).
+"""GuardReasoner-VL stage 1, reasoning SFT (R-SFT), 3B (docs/recipes.md#guardreasoner-vl).
 
 Data:  guard-jax data build guardreasoner_vl_sft --source SRC --out data/grvl_sft
        (SRC: the GuardReasoner-VLTrain files)

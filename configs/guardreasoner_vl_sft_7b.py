@@ -1,4 +1,4 @@
-"""GuardReasoner-VL stage 1, reasoning SFT (R-SFT), 7B (guard_recipes.md §1.7).
+"""GuardReasoner-VL stage 1, reasoning SFT (R-SFT), 7B (docs/recipes.md#guardreasoner-vl).
 
 Run:   guard-jax train --config configs/guardreasoner_vl_sft_7b.py --workdir runs/grvl_sft_7b \
            --config.model.hf_dir=PATH/Qwen2.5-VL-7B-Instruct --config.data.path=data/grvl_sft

@@ -1,4 +1,5 @@
-"""LlavaGuard-style policy-conditioned SFT (QwenGuard2.5-v1.2-7B recipe, guard_recipes.md §5.5).
+"""LlavaGuard-style policy-conditioned SFT (QwenGuard2.5-v1.2-7B recipe,
+docs/recipes.md#llavaguard).
 
 Data:  guard-jax data build llavaguard --source SRC --out data/llavaguard (LlavaGuard-DS with its
        policy augmentations: the policy in the prompt decides the rating)

@@ -1,4 +1,4 @@
-"""ProGuard, GRPO from the instruct model (no SFT cold start), 3B (guard_recipes.md §2.7, §2.8, §7.3).
+"""ProGuard, GRPO from the instruct model (no SFT cold start), 3B (docs/recipes.md#proguard).
 
 Data:  guard-jax data build proguard --source SRC --out data/proguard   (87,024 samples)
 Run:   guard-jax train --config configs/proguard_grpo_3b.py --workdir runs/proguard_grpo_3b \

@@ -1,4 +1,4 @@
-"""ProGuard, GRPO from the instruct model (no SFT cold start), 7B (guard_recipes.md §2.8).
+"""ProGuard, GRPO from the instruct model (no SFT cold start), 7B (docs/recipes.md#proguard).
 
 Run:   guard-jax train --config configs/proguard_grpo_7b.py --workdir runs/proguard_grpo_7b \
            --config.model.hf_dir=PATH/Qwen2.5-VL-7B-Instruct --config.data.path=data/proguard \

@@ -1,4 +1,4 @@
-"""SafeGuard-VL stage 2, policy-aware GRPO, 7B (guard_recipes.md §3.3, §7.3).
+"""SafeGuard-VL stage 2, policy-aware GRPO, 7B (docs/recipes.md#safeguard-vl).
 
 Data:  guard-jax data build llavaguard --source SRC --out data/llavaguard_train
        (LlavaGuard's train split with its policy augmentations: the label under the policy)

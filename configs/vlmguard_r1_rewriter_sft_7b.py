@@ -1,4 +1,4 @@
-"""VLMGuard-R1 prompt rewriter SFT (guard_recipes.md §4): (text, image) -> <think>risk
+"""VLMGuard-R1 prompt rewriter SFT (docs/recipes.md#vlmguard-r1): (text, image) -> <think>risk
 analysis</think> then the rewritten prompt (grammar think_rewrite, our choice; the paper
 publishes neither its format nor its hyperparameters).
 

@@ -1,10 +1,10 @@
 """Training-data augmentations of the guard recipes, each a pure function of samples + a seed.
 
-* GuardReasoner-VL safety-aware concatenation (guard_recipes.md §1.9) and the rejection-sampling
-  filter that precedes it (§1.8).
-* LlavaGuard policy augmentations v1-v5 with their label rules (§5.4), which SafeGuard-VL's RL
-  stage relies on.
-* ProGuard out-of-taxonomy (OOD) category hiding (§2.3-§2.4).
+* GuardReasoner-VL safety-aware concatenation and the rejection-sampling filter that
+  precedes it (docs/recipes.md#guardreasoner-vl).
+* LlavaGuard policy augmentations v1-v5 with their label rules (docs/recipes.md#llavaguard),
+  which SafeGuard-VL's RL stage relies on.
+* ProGuard out-of-taxonomy (OOD) category hiding (docs/recipes.md#proguard).
 
 `augment(samples, config)` applies whichever of them a config names; configs hold plain values
 (see `AugmentConfig`). Augmented samples get a new id, `extras["augmentation"]`, and `target=None`
@@ -38,7 +38,7 @@ def _error(sample: Sample, field: str, message: str) -> SampleError:
 
 
 # ---------------------------------------------------------------------------------------------
-# GuardReasoner-VL: safety-aware concatenation (§1.9)
+# GuardReasoner-VL: safety-aware concatenation (docs/recipes.md#guardreasoner-vl)
 
 def open_image(ref: ImageRef, root: str | os.PathLike | None = None) -> Image.Image:
     if ref.data is not None:
@@ -140,7 +140,7 @@ def concatenation_augment(samples: Sequence[Sample], n: int, *, seed=0, image_ro
 
 
 # ---------------------------------------------------------------------------------------------
-# GuardReasoner-VL: rejection sampling / hard-sample mining (§1.8)
+# GuardReasoner-VL: rejection sampling / hard-sample mining (docs/recipes.md#guardreasoner-vl)
 
 _RESULT = re.compile(r"<result>(.*?)</result>", re.IGNORECASE | re.DOTALL)
 _REQUEST = re.compile(r"Request:\s*(harmful|unharmful|none)", re.IGNORECASE)
@@ -202,7 +202,7 @@ def rejection_sample(samples: Sequence[Sample], outputs: Sequence[Sequence[str]]
 
 
 # ---------------------------------------------------------------------------------------------
-# LlavaGuard policy augmentations (§5.4)
+# LlavaGuard policy augmentations (docs/recipes.md#llavaguard)
 
 POLICY_VERSIONS = ("v1", "v2", "v2a", "v3", "v4", "v5", "dup")
 NON_VIOLATING_EXCEPTION = "Non-Violating Exception"
@@ -303,8 +303,9 @@ class PolicyAugmentConfig:
     seed: int = 0
 
 
-# §5.4 "which augmentations each template version uses". json-v14/v15's probabilities for safe
-# samples are the reference's "about 10%" (v3) and "about 25%" (v5); v4 goes to every eligible one.
+# Which augmentations each template version uses (docs/recipes.md#llavaguard). json-v14/v15's
+# probabilities for safe samples are the published "about 10%" (v3) and "about 25%" (v5); v4 goes
+# to every eligible one.
 POLICY_PRESETS = {
     "v1.2": PolicyAugmentConfig(),
     "v1.2-v2a": PolicyAugmentConfig(unsafe=("v3", "v3", "v3", "v2a")),
@@ -339,7 +340,7 @@ def apply_policy_augmentations(samples: Sequence[Sample], config: PolicyAugmentC
 
 
 # ---------------------------------------------------------------------------------------------
-# ProGuard OOD category hiding (§2.3-§2.4)
+# ProGuard OOD category hiding (docs/recipes.md#proguard)
 
 def hide_true_category(sample: Sample, rng=None, *, max_extra_hidden: int = 0) -> Sample:
     """Hide the sample's true main category (with its subcategories) from the prompt's list, plus

@@ -63,7 +63,7 @@ def base_config() -> ConfigDict:
         alpha=16.0,  # the adapters' update is scaled by alpha / rank
         targets="",  # regex over weight paths; "" = the language model's projections
     ))
-    # GRPO (guard_jax/training/grpo.py). Names follow EasyR1 / verl (peers.md §2). The
+    # GRPO (guard_jax/training/grpo.py). Names follow EasyR1 / verl (docs/grpo.md#knobs). The
     # optimizer update is train.global_batch rollouts (verl ppo_mini_batch_size x n), run as
     # train.global_batch / train.micro_batch accumulated micro-batches.
     c.grpo = ConfigDict(dict(
@@ -87,7 +87,8 @@ def base_config() -> ConfigDict:
         loss_agg_mode="token-mean",  # token-mean | seq-mean-token-mean
         norm_adv_by_std=True,  # (r - mean) / (std + eps); False: r - mean
         adv_eps=1e-6,
-        dynamic_sampling="off",  # off | mask | overgenerate | regenerate (peers.md §5)
+        # off | mask | overgenerate | regenerate (docs/grpo.md#dynamic-sampling)
+        dynamic_sampling="off",
         filter_key="total",  # the reward term whose equal-in-group values make a group
         # degenerate
         overgenerate_factor=1.5,  # overgenerate: roll out ceil(k * prompts_per_step) prompts

@@ -75,7 +75,7 @@ def test_bad_inputs():
 
 def test_weighted_average_reproduces_published_guardreasoner_vl_7b():
     """Paper Tables 1-2: per-benchmark F1 of GuardReasoner-VL-7B, weighted by sample counts,
-    give the published averages (WildGuardTest weighs 1,725, guard_recipes.md §1.14)."""
+    give the published averages (WildGuardTest weighs 1,725, docs/recipes.md#guardreasoner-vl)."""
     prompt_text = [76.51, 98.30, 70.98, 90.13, 98.99, 88.35]
     w_text = [2853, 239, 1680, 359, 100, 1725]
     assert weighted_average(prompt_text, w_text) == pytest.approx(79.88, abs=0.01)

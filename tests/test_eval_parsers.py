@@ -145,7 +145,7 @@ def test_llavaguard_malformed_and_truncated():
     v = parse("llavaguard", LG[:LG.index("beaten")])
     assert (v.request, v.category, v.strict) == ("harmful", "O2", False)
     assert v.rationale.startswith("The image shows")
-    # a fragment that lost its opening brace (vLLM's fallback template, guard_recipes.md §5.6)
+    # a fragment that lost its opening brace (vLLM's fallback template, docs/recipes.md#llavaguard)
     v = parse("llavaguard", '"rating": "Safe", "category": "NA: None applying", '
                             '"rationale": "ok"}')
     assert (v.request, v.category, v.rationale) == ("unharmful", "NA", "ok")

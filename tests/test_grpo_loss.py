@@ -1,10 +1,10 @@
 """GRPO's loss, advantages and clip schedules against an independent NumPy implementation.
 
-The NumPy side is written from the formulas (guard_recipes.md §1.11, §1.12, §7.2; verl's
-compute_policy_loss and kl_penalty): the loss in float64 and its gradient with respect to the
-logits derived by hand (d log p / d z = (onehot - p) / T, the clipped branch and the dual clip
-have zero slope, dH / dz_j = -p_j (log p_j + H) / T). JAX's value and autodiff gradient must
-match both for every knob combination.
+The NumPy side is written from the formulas (docs/grpo.md#algorithm,
+docs/recipes.md#guardreasoner-vl; verl's compute_policy_loss and kl_penalty): the loss in float64
+and its gradient with respect to the logits derived by hand (d log p / d z = (onehot - p) / T, the
+clipped branch and the dual clip have zero slope, dH / dz_j = -p_j (log p_j + H) / T). JAX's value
+and autodiff gradient must match both for every knob combination.
 """
 
 import functools
@@ -209,7 +209,7 @@ def test_kl_estimators():
 
 # ---------------------------------------------------------------------------- clip schedules
 def test_clip_schedules_give_the_published_values():
-    """guard_recipes.md §1.12, S = 24: compound 0.128 / 0.036 / 0.0036 and linear
+    """docs/recipes.md#guardreasoner-vl, S = 24: compound 0.128 / 0.036 / 0.0036 and linear
     0.167 / 0.133 / 0.100 at steps 4 / 8 / 12."""
     want = {"compound": (0.128, 0.036, 0.0036), "linear": (0.167, 0.133, 0.100),
             "constant": (0.2, 0.2, 0.2)}

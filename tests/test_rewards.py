@@ -280,7 +280,8 @@ def test_guardreasoner_vl_device_equals_reference(tok, table, gr_case, knobs):
 
 
 def test_guardreasoner_vl_length_modes_by_hand(table, gr_case):
-    """Totals from the §1.13 / §7.4 formulas, computed by hand (rows appended to gr_case)."""
+    """Totals from the formulas of docs/recipes.md#guardreasoner-vl, computed by hand (rows appended
+    to gr_case)."""
     mask = gr_case[1]
     n_tok = mask.sum(1)[-len(BY_HAND):]
     assert len(WRONG_300) == 300 and n_tok[2] == 1        # the empty completion is its EOS

@@ -1,5 +1,5 @@
-"""GuardReasoner-VL's two suites (guard_recipes.md §1.14): prompt harmfulness on the 8 benchmarks
-of paper Table 1 and response harmfulness on the 6 of Table 2.
+"""GuardReasoner-VL's two suites (docs/recipes.md#guardreasoner-vl): prompt harmfulness on the 8
+benchmarks of paper Table 1 and response harmfulness on the 6 of Table 2.
 
 Run:   guard-jax eval --config configs/eval/guardreasoner_vl.py --hf-dir HF_DIR \
          --out runs/eval/gr_vl --config.eval.data_root=DATA
@@ -22,7 +22,7 @@ from guard_jax.evaluation.runner import eval_base_config
 
 def get_config():
     c = eval_base_config("guardreasoner_vl")
-    # EasyR1's bounds (guard_recipes.md §1.4); the paper does not state its eval setting
+    # EasyR1's bounds (docs/recipes.md#guardreasoner-vl); the paper does not state its eval setting
     c.data.min_pixels = 262144
     c.data.max_pixels = 4194304
     # the instruction as the system message, the same one for every set (the text sets carry

@@ -1,5 +1,5 @@
-"""The LlavaGuard test set with LlavaGuard's own JSON assessment prompt (guard_recipes.md §5):
-safe/unsafe under the O1-O9 policy, and the category.
+"""The LlavaGuard test set with LlavaGuard's own JSON assessment prompt
+(docs/recipes.md#llavaguard): safe/unsafe under the O1-O9 policy, and the category.
 
 Run:   guard-jax eval --config configs/eval/llavaguard.py --hf-dir HF_DIR \
          --out runs/eval/llavaguard --config.eval.data_root=DATA
@@ -17,7 +17,7 @@ from guard_jax.evaluation.runner import eval_base_config
 
 def get_config():
     c = eval_base_config("llavaguard")
-    c.data.max_pixels = 262144  # QwenGuard's image_resolution (guard_recipes.md §5.5)
+    c.data.max_pixels = 262144  # QwenGuard's image_resolution (docs/recipes.md#llavaguard)
     c.eval.recipe_options = "rationale_first=False"
     c.eval.task = "prompt"
     c.eval.benchmarks = config_entries("llavaguard")

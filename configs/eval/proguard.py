@@ -1,4 +1,4 @@
-"""ProGuard's evaluation (guard_recipes.md §2.9): binary safety on its prompt and response
+"""ProGuard's evaluation (docs/recipes.md#proguard): binary safety on its prompt and response
 suites, and the unsafe-content categorisation and out-of-taxonomy (OOD) sets.
 
 Run:   guard-jax eval --config configs/eval/proguard.py --hf-dir HF_DIR \

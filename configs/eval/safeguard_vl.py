@@ -1,4 +1,4 @@
-"""SafeGuard-VL's image benchmarks (guard_recipes.md §3.4, §3.6, §3.7 Table 4): SafeEditBench
+"""SafeGuard-VL's image benchmarks (docs/recipes.md#safeguard-vl): SafeEditBench
 (policy levels L1-L5), UnsafeBench and the LlavaGuard test set, with the single-word eval prompt.
 
 Run:   guard-jax eval --config configs/eval/safeguard_vl.py --hf-dir HF_DIR \

@@ -1,6 +1,7 @@
 """Prompt rendering per recipe: `RECIPES[name](sample, **options) -> RenderedPrompt`.
 
-Each module's docstring says which texts are exact (from guard_recipes.md) and which are ours.
+Each module's docstring says which texts are exact (from the published recipes, docs/recipes.md) and
+which are ours.
 """
 
 from __future__ import annotations

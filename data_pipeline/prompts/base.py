@@ -3,8 +3,8 @@
 A renderer turns one `Sample` into chat messages in the transformers format (a list of
 `{"role", "content"}` where content is a string or a list of parts `{"type": "image"}` /
 `{"type": "text", "text": ...}`), the assistant target (or None for RL/eval prompts), the images in
-placeholder order, the output grammar id (guard_recipes.md §7.1) and the reward's ground truth.
-Rendering to token ids is `data_pipeline.tokenize.render_and_tokenize`.
+placeholder order, the output grammar id (docs/recipes.md#output-grammars) and the reward's ground
+truth. Rendering to token ids is `data_pipeline.tokenize.render_and_tokenize`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class RenderedPrompt:
     messages: list[dict[str, Any]]  # system/user turns only; the target is the assistant turn
     target: str | None  # assistant text to learn (SFT); None for RL and eval prompts
     images: tuple[ImageRef, ...]  # one per image part of `messages`, in order
-    grammar: str  # output grammar id, guard_recipes.md §7.1
+    grammar: str  # output grammar id, docs/recipes.md#output-grammars
     labels: dict[str, Any]  # ground truth the recipe's reward reads
 
     def __post_init__(self):
@@ -89,7 +89,8 @@ _BLANK_PNG: bytes | None = None
 
 
 def blank_image_ref() -> ImageRef:
-    """A 1x1 white PNG: GuardReasoner-VL's image for text-only RL samples (recipes §1.4)."""
+    """A 1x1 white PNG: GuardReasoner-VL's image for text-only RL samples
+    (docs/recipes.md#guardreasoner-vl)."""
     global _BLANK_PNG
     if _BLANK_PNG is None:
         from PIL import Image

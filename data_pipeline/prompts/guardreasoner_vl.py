@@ -1,4 +1,5 @@
-"""GuardReasoner-VL (guard_recipes.md §1.5): judge a (request, response) pair, reasoning first.
+"""GuardReasoner-VL (docs/recipes.md#guardreasoner-vl): judge a (request, response) pair, reasoning
+first.
 
 Exact from the reference: the transcript markers `Human user:\\n` and `\\n\\nAI assistant:\\n`, the
 trailing `\\n`, the literal `None` for a missing response, the tags `<think> </think>` and

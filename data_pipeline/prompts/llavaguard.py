@@ -1,4 +1,4 @@
-"""LlavaGuard / QwenGuard v1.2 (guard_recipes.md §5.1-§5.3): an image judged against a policy,
+"""LlavaGuard / QwenGuard v1.2 (docs/recipes.md#llavaguard): an image judged against a policy,
 answered in JSON.
 
 Exact from the reference: the category ids and names O1-O9 and `NA: None applying`, the line form

@@ -1,20 +1,20 @@
-"""ProGuard (guard_recipes.md §2.2, §2.5, §2.6): safety verdicts plus a risk category, with
+"""ProGuard (docs/recipes.md#proguard): safety verdicts plus a risk category, with
 out-of-taxonomy (OOD) categories named in free text.
 
 Exact from the reference: the section markers `<BEGIN TASK DESCRIPTION>`, `<BEGIN UNSAFE CONTENT
 CATEGORIES>`, `<BEGIN OUTPUT FORMAT>`, `<BEGIN CONVERSATION>` / `<END CONVERSATION>`, the transcript
 markers `User:` / `Agent:`, the answer lines `Request:` / `Response:` / `Category:` (no space after
-the colon), `None`, `safe` / `unsafe`, the category ids `C{i}` / `C{i}S{j}` and names (§2.2).
+the colon), `None`, `safe` / `unsafe`, the category ids `C{i}` / `C{i}S{j}` and names.
 Our own words: the task descriptions and the output-format instructions (paraphrased in the
 reference), and the `<END ...>` markers closing the system sections (the reference names only the
 `<BEGIN ...>` ones; we close them the way `<END CONVERSATION>` closes the conversation).
 The category lines show the id and the name; the released one-line descriptions (taxonomy.yaml) are
 not in the reference, so pass `descriptions=` to add them.
 
-Three system prompts, one per modality (§2.5): text, text-image (answer with a main category
+Three system prompts, one per modality: text, text-image (answer with a main category
 `C*`), image (no `Response:` line; answer with a subcategory `C*S*` as for text).
-The thinking tag is one option shared with the reward (§2.6 / §7.6 item 1): the released reward
-requires `<thinking>`, which is our default.
+The thinking tag is one option shared with the reward (docs/recipes.md#proguard): the released
+reward requires `<thinking>`, which is our default.
 The image parts come first in the user turn, before `<BEGIN CONVERSATION>`; for image-only input the
 `User:` and `Agent:` fields are empty.
 `extras["provided_categories"]` (main ids, in display order) restricts the listed categories; see
@@ -195,7 +195,8 @@ def render(sample: Sample, *, think_tag: str = "thinking", use_sample_system: bo
     ood_name = sample.extras.get("original_category") or (cat.name if cat else "")
     labels = {
         "query_label": _safe_word(sample.prompt_label),
-        # images: stored as safe so the reward's "both safe" early return behaves (§2.7)
+        # images: stored as safe so the reward's "both safe" early return behaves
+        # (docs/recipes.md#proguard)
         "response_label": "safe" if mod == "image" else _safe_word(sample.response_label),
         "category": gold,
         "original_category": ood_name if gold == "" else (cat.name or category_name(cat.id)),

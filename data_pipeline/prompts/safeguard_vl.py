@@ -1,18 +1,18 @@
-"""SafeGuard-VL (guard_recipes.md §3.3, §3.4): is the image safe under a given policy text?
+"""SafeGuard-VL (docs/recipes.md#safeguard-vl): is the image safe under a given policy text?
 
 Exact from the reference: the tags `<think>` / `<answer>`, the answer words `yes` / `no` with
-yes = safe (the reward maps gold `<answer>safe</answer>` to yes; §7.6 item 12), the gold solution
-strings `<answer>safe</answer>` / `<answer>unsafe</answer>`, the single words `safe` / `unsafe` of
-the eval prompt, the image first in the user turn. Our own words: the R1-V-style system sentence,
-the policy question and the eval prompt (the released training question is not published; the
-published inference prompts are only paraphrased).
+yes = safe (the reward maps gold `<answer>safe</answer>` to yes; docs/recipes.md#safeguard-vl), the
+gold solution strings `<answer>safe</answer>` / `<answer>unsafe</answer>`, the single words `safe` /
+`unsafe` of the eval prompt, the image first in the user turn. Our own words: the R1-V-style system
+sentence, the policy question and the eval prompt (the released training question is not published;
+the published inference prompts are only paraphrased).
 
 Modes:
 * `rl` (default): system = R1-V-style one-liner; user = image(s) + policy question; grammar
   `answer_yes_no`.
 * `eval`: SafeEditBench/UnsafeBench-style single-word prompt (no system prompt of our own, so
   Qwen's default applies); grammar `single_word`.
-* `recaption`: stage-1 descriptive SFT (§3.2): image(s) + a request for a plain, objective,
+* `recaption`: stage-1 descriptive SFT: image(s) + a request for a plain, objective,
   detailed description (our words; the released question is not published); the target is the
   recaptioned description (`sample.target`); no label needed; grammar `free_text`.
 The policy is `sample.policy` or else the LlavaGuard policy block built from

@@ -1,12 +1,12 @@
-"""VLMGuard-R1 (guard_recipes.md §4): rewrite a user's (text, image) prompt so that a downstream
-VLM answers safely but still helpfully. Not a classifier.
+"""VLMGuard-R1 (docs/recipes.md#vlmguard-r1): rewrite a user's (text, image) prompt so that a
+downstream VLM answers safely but still helpfully. Not a classifier.
 
 Nothing here is exact text from the reference: the paper's prompts, tags and output format are not
 published. Our choices (grammar `think_rewrite`):
 
     <think>RISK ANALYSIS</think>\\nREWRITTEN PROMPT
 
-the reference's suggested shape (§4 "For guard_jax"). The system prompt (our words) asks for the
+the shape docs/recipes.md#vlmguard-r1 describes. The system prompt (our words) asks for the
 textual, visual and cross-modal risk analysis of the paper's stage 2 inside <think>, then the
 rewritten prompt alone. The user turn is the image(s) followed by `Original prompt:\\n` + text.
 The target is `sample.target`, or else built from `extras["risk_analysis"]` and

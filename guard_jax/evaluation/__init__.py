@@ -1,5 +1,5 @@
 """Evaluation of guard models: lenient per-recipe parsers of raw outputs, metrics, scoring rules,
-the `--predictions` reader, the config-driven runner and reports (guard_recipes.md §1.14, §6).
+the `--predictions` reader, the config-driven runner and reports (docs/evaluation.md).
 
 Host-side only and numpy-based; the runner takes the generation step as a function, so nothing
 here needs the model unless `guard-jax eval --config` runs one.

@@ -1,4 +1,4 @@
-"""The published guard benchmark suites (guard_recipes.md §1.14, §2.9, §3.4, §3.6): names,
+"""The published guard benchmark suites (docs/recipes.md): names,
 modalities, published sample counts, and the order the papers' tables list them in.
 
 Benchmark names are matched loosely (case, `-`, `_`, spaces and dots ignored), and the released
@@ -25,7 +25,8 @@ def _suite(*items) -> tuple[Benchmark, ...]:
 
 
 SUITES: dict[str, tuple[Benchmark, ...]] = {
-    # GuardReasoner-VL Tables 1, 2 and 5 (§1.14); the order is the tables' column order
+    # GuardReasoner-VL Tables 1, 2 and 5 (docs/recipes.md#guardreasoner-vl); the order is the
+    # tables' column order
     "guardreasoner_vl_prompt": _suite(
         ("ToxicChat", "text", 2853), ("HarmBenchPrompt", "text", 239),
         ("OpenAIModeration", "text", 1680), ("AegisSafetyTest", "text", 359),
@@ -37,7 +38,7 @@ SUITES: dict[str, tuple[Benchmark, ...]] = {
         ("WildGuardTest", "text", 1768), ("SPA-VL-Eval", "text-image", 3282)),
     # the text GuardReasoner's refusal task (released evaluate.py)
     "guardreasoner_refusal": _suite(("XSTestResponseRefusal", "text"), ("WildGuardTest", "text")),
-    # ProGuard's tables (§2.9); sizes are not published
+    # ProGuard's tables (docs/recipes.md#proguard); sizes are not published
     "proguard_prompt": _suite(
         ("Aegis2.0", "text"), ("HarmBench", "text"), ("OpenAIMod", "text"),
         ("SimpleSafetyTests", "text"), ("ToxicChat", "text"), ("WildGuard", "text"),

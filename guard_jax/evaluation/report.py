@@ -3,8 +3,8 @@
 
 The main table has one row per model and the papers' columns: the text benchmarks, Avg (Text),
 then the image and text-image benchmarks, Avg (All); F1 x 100 with two decimals
-(guard_recipes.md §1.15). A details table gives counts, parse failures and the other metrics.
-Plots use matplotlib's Agg canvas directly (no pyplot state, no display needed).
+(docs/recipes.md#guardreasoner-vl). A details table gives counts, parse failures and the other
+metrics. Plots use matplotlib's Agg canvas directly (no pyplot state, no display needed).
 """
 
 from __future__ import annotations

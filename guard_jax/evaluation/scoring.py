@@ -1,5 +1,5 @@
 """Raw outputs + gold labels -> per-benchmark scores under a named scoring rule, and the
-sample-weighted averages across benchmarks (guard_recipes.md §1.14, §6).
+sample-weighted averages across benchmarks (docs/evaluation.md#rules).
 
 Rules:
 * `clean` (default): every labelled sample counts once; the recipe's lenient parser reads the
@@ -14,7 +14,8 @@ Rules:
   the file's length. (The released code does not lower-case the match; a capitalised label would
   make its scikit-learn call fail, so lower-casing changes no number it can produce.)
 * `safeguard-release`: SafeGuard-VL's published protocol for UnsafeBench and SafeEditBench
-  (§3.4): an output that is not a label is `unknown` and scores as safe. A compatibility mode only.
+  (docs/recipes.md#safeguard-vl): an output that is not a label is `unknown` and scores as safe. A
+  compatibility mode only.
 Samples without a gold label are never scored; they are counted (`n_unlabeled`) in every rule.
 """
 

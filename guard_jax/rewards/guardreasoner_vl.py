@@ -1,4 +1,4 @@
-"""GuardReasoner-VL reward on device (guard_recipes.md §1.13, §7.4).
+"""GuardReasoner-VL reward on device (docs/recipes.md#guardreasoner-vl).
 
 Terms (keys of the returned dict, each [B] float32): `format` (the released code's logged
 -1 + [<result>] + [<think>], not part of the reward), `request` / `response` (label correct,
@@ -30,7 +30,7 @@ class GuardReasonerVLConfig:
     """mode: `paper` (tokens / max_response_tokens, capped at beta), `code_faithful`
     (characters / char_budget, the released models' reward) or `code_faithful_eco` (characters
     capped at eco_chars). min_length clamps l from below so that an empty or tiny response
-    cannot divide by ~0 (§7.4: 0.02 is about 61 characters of 3072)."""
+    cannot divide by ~0 (0.02 is about 61 characters of 3072; docs/recipes.md#guardreasoner-vl)."""
     mode: str = "paper"
     beta: float = 1.0
     max_response_tokens: int = 3072

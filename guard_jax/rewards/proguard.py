@@ -1,4 +1,4 @@
-"""ProGuard reward on device (guard_recipes.md §2.6, §2.7, §2.10, §7.5).
+"""ProGuard reward on device (docs/recipes.md#proguard, docs/rewards.md).
 
 Terms ([B] float32): `format` (whole-string grammar and the modality's line rules), `request`
 (image_label_weight for images, else 1, times [q correct]), `response` (text modalities),
@@ -28,7 +28,8 @@ from guard_jax.rewards.automata import NFA, any_char, chars, pos, reset, value
 from guard_jax.rewards.machines import full_match
 from guard_jax.rewards.scan import Program, ScanResult
 
-# ProGuard's taxonomy (§2.2): main categories and their subcategories, as the gold `category`.
+# ProGuard's taxonomy (docs/recipes.md#proguard): main categories and their subcategories, as the
+# gold `category`.
 SUBCATEGORIES = (3, 2, 3, 2, 2, 2, 3, 3, 3, 3, 2)
 TAXONOMY = tuple(x for i, n in enumerate(SUBCATEGORIES, 1)
                  for x in (f"C{i}", *(f"C{i}S{j}" for j in range(1, n + 1))))
@@ -43,8 +44,9 @@ DIGITS = "0123456789"
 @dataclasses.dataclass(frozen=True)
 class ProGuardConfig:
     """think_tag: `thinking` as the released reward requires (the deploy prompts say `think`;
-    keep the prompt and this in agreement, §7.6-1). category_mode `faithful` keeps the released
-    0.5 for a wrong `Request:safe` on an OOD unsafe image; `fixed` gives it no category term."""
+    keep the prompt and this in agreement, docs/recipes.md#proguard). category_mode `faithful` keeps
+    the released 0.5 for a wrong `Request:safe` on an OOD unsafe image; `fixed` gives it no category
+    term."""
     think_tag: str = "thinking"
     image_label_weight: float = 2.0
     category_mode: str = "faithful"

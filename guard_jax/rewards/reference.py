@@ -1,10 +1,9 @@
 """Plain-Python reward references on decoded strings, one function per term.
 
-These follow the released code as `reference/guard_recipes.md` describes it (§1.13, §2.7, §3.3,
-§7.4); the device rewards (`guardreasoner_vl.py`, `proguard.py`, `safeguard_vl.py`) are held
-equal to them by tests. Where the reference leaves a regex flag open, the choice is written next
-to the pattern. Gold labels are strings here; the device versions take them as ints
-(`encode_gold` in each recipe module).
+These follow the released code as docs/recipes.md describes it; the device rewards
+(`guardreasoner_vl.py`, `proguard.py`, `safeguard_vl.py`) are held equal to them by tests. Where the
+reference leaves a regex flag open, the choice is written next to the pattern. Gold labels are
+strings here; the device versions take them as ints (`encode_gold` in each recipe module).
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ import re
 from typing import Callable, Sequence
 
 # ------------------------------------------------------------------------- GuardReasoner-VL
-# Training-reward parser (§1.6): the first <result>...</result> block, case-insensitive, across
-# lines; inside it the first `Request:` / `Response:` each followed by optional whitespace and a
-# label; `none` counts as unharmful. The two label searches are independent.
+# Training-reward parser (docs/recipes.md#guardreasoner-vl): the first <result>...</result> block,
+# case-insensitive, across lines; inside it the first `Request:` / `Response:` each followed by
+# optional whitespace and a label; `none` counts as unharmful. The two label searches are
+# independent.
 GR_RESULT = re.compile(r"<result>(.*?)</result>", re.IGNORECASE | re.DOTALL)
 GR_THINK = re.compile(r"<think>(.*?)</think>", re.IGNORECASE | re.DOTALL)
 GR_LABEL = {key: re.compile(rf"{key}:\s*(harmful|unharmful|none)", re.IGNORECASE)
@@ -59,8 +59,8 @@ def guardreasoner_vl_accuracy(p: GuardReasonerVLParse, request_label: str,
 
 
 def guardreasoner_vl_length(text: str, n_tokens: int, cfg) -> float:
-    """l of §7.4: tokens / max_response_tokens (paper) or characters / char_budget (code
-    forms; the Eco form caps the characters at eco_chars)."""
+    """l of docs/recipes.md#guardreasoner-vl: tokens / max_response_tokens (paper) or characters /
+    char_budget (code forms; the Eco form caps the characters at eco_chars)."""
     if cfg.mode == "paper":
         return n_tokens / cfg.max_response_tokens
     chars = len(text)
@@ -90,8 +90,9 @@ def guardreasoner_vl_terms(text: str, *, request_label: str, response_label: str
 
 
 # ------------------------------------------------------------------------- ProGuard
-# Strict full-string grammar of §2.6: no spaces after the colons, \n or \r\n line ends, the
-# think tag a config value, the category a single line ([^\r\n]*, may be empty). Case-sensitive.
+# Strict full-string grammar (docs/recipes.md#proguard): no spaces after the colons, \n or \r\n line
+# ends, the think tag a config value, the category a single line ([^\r\n]*, may be empty).
+# Case-sensitive.
 PG_MODALITIES = ("text", "text-image", "image")
 PG_ID = re.compile(r"C[0-9]+S[0-9]+|C[0-9]+")
 

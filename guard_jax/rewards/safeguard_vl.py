@@ -1,4 +1,4 @@
-"""SafeGuard-VL reward on device (guard_recipes.md §3.3).
+"""SafeGuard-VL reward on device (docs/recipes.md#safeguard-vl).
 
 Terms ([B] float32): `think_ok` (a first <think> block whose stripped content has at least
 min_think_chars characters), `accuracy` (plugin.py's asymmetric yes/no reward: 1.7 for a correct

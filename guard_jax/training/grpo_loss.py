@@ -1,7 +1,7 @@
 """GRPO's algorithm as pure array functions: advantages, clip schedules, the clipped loss.
 
 Everything here is a function of arrays and static settings, with no model, optimizer or host
-state, so a reviewer can check it against the papers (guard_recipes.md §1.11, §1.12, §7.2) and
+state, so a reviewer can check it against the papers (docs/grpo.md#algorithm) and
 the tests can hold it to an independent NumPy implementation. Names follow EasyR1 / verl
 (`clip_ratio_low`, `clip_ratio_high`, `clip_ratio_dual`, `kl_coef`, `entropy_coeff`,
 `loss_agg_mode`), so runs compare side by side with the guard papers' configs.
@@ -60,10 +60,10 @@ def zero_std_groups(rewards, num_generations: int, *, tol: float = 1e-6):
 
 
 def select_groups(valid, num_groups: int):
-    """Static-shape dynamic sampling (peers.md §5): from P' candidate groups pick `num_groups`,
-    valid ones first, each kind in its original order. Returns (take [num_groups] int32 group
-    indices, weight [num_groups] float32: 1 for a valid group, 0 for a backfilled degenerate
-    one, so the loss ignores it while every array keeps its size)."""
+    """Static-shape dynamic sampling (docs/grpo.md#dynamic-sampling): from P' candidate groups pick
+    `num_groups`, valid ones first, each kind in its original order. Returns (take [num_groups]
+    int32 group indices, weight [num_groups] float32: 1 for a valid group, 0 for a backfilled
+    degenerate one, so the loss ignores it while every array keeps its size)."""
     valid = jnp.asarray(valid, bool)
     n = valid.shape[0]
     if num_groups > n:
@@ -85,8 +85,8 @@ def clip_factor(schedule: str, step, total_steps: int):
     `total_steps` (static), as a float32 scalar, so a changing epsilon never recompiles.
 
     constant: 1. linear (GuardReasoner-VL paper, Eq. 7): (S - s) / S. compound (what the
-    released driver code computes by mutating its config every step, §1.12):
-    prod_{k=1..s} (1 - k / S). Both reach 0 at s = S."""
+    released driver code computes by mutating its config every step,
+    docs/recipes.md#guardreasoner-vl): prod_{k=1..s} (1 - k / S). Both reach 0 at s = S."""
     if schedule not in CLIP_SCHEDULES:
         raise ValueError(f"clip schedule {schedule!r}; choose one of {CLIP_SCHEDULES}")
     if total_steps < 1:
@@ -147,7 +147,7 @@ def loss_denominator(weights, loss_agg_mode: str):
     """The normaliser of a mini-batch: its weighted token count (token-mean) or the number of
     sequences with any weight (seq-mean-token-mean). Computed once over the whole mini-batch
     and passed to every micro-batch, so the summed micro-batch losses equal the mini-batch
-    loss whatever the split (guard_recipes.md §7.2)."""
+    loss whatever the split (docs/grpo.md#algorithm)."""
     w = jnp.asarray(weights, jnp.float32)
     if loss_agg_mode == "token-mean":
         return jnp.sum(w)
