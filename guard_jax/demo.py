@@ -34,7 +34,7 @@ MIN_F1_GAIN = 0.3  # "clearly better": the after-training F1 must beat the befor
 # stage 2: last-10% mean reward minus first-10% (SafeGuard-VL rewards span 0..3; a 6-step
 # mean varies by about 0.1 between seeds)
 MIN_REWARD_GAIN = 0.2
-# GRPO's seed (README, GRPO section, lists the seeds measured at the demo's RL settings).
+# GRPO's seed (the demo's RL settings: docs/grpo.md#the-demos-rl-stage).
 RL_SEED = 0
 # The SFT run saves (and keeps) a checkpoint every steps/10; stage 2 starts from the earliest
 # (step 60 of 600: the format is learnt, about 60% of the verdicts are right, so the reward has

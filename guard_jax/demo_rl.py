@@ -11,9 +11,9 @@ Headroom: the reward can only rise where the policy still errs. `guard-jax demo`
 checkpoint every 10% of its SFT steps and starts here from the earliest (step 60 of 600: the
 format is learnt and about 60% of the verdicts are right). From the final SFT checkpoint the
 reward has little room, and from step 120, GRPO with 4 prompts and no KL term lowered F1 at 4
-of 5 seeds (README, GRPO section).
+of 5 seeds (docs/grpo.md#the-demos-rl-stage).
 
-Settings (measured over seeds from one SFT run; README, GRPO section, has the table):
+Settings (measured over seeds from one SFT run; docs/grpo.md#the-demos-rl-stage sums them up):
 - 8 prompts x G 8 per step. With 4 prompts (and none of the settings below) 3 of 7 seeds ended
   at held-out F1 0.0; at seeds 2 and 6 no greedy answer parsed any more.
 - 10 warmup steps. Without them the first full-size AdamW steps knock the sampled reward down,
@@ -38,7 +38,8 @@ import json
 import os
 import time
 
-# Stage-2 settings, about 2 minutes on 2 CPU cores (module docstring; README, GRPO section).
+# Stage-2 settings, about 2 minutes on 2 CPU cores (module docstring;
+# docs/grpo.md#the-demos-rl-stage).
 NUM_GENERATIONS = 8
 PROMPTS_PER_STEP = 8
 MAX_NEW_TOKENS = 40  # the eval's budget; the SFT targets take 25-35 tokens

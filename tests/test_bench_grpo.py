@@ -1,5 +1,5 @@
 """`guard-jax bench grpo` on the tiny config: both sides run, agree, and the output carries the
-fields the README quotes (no timing assertions)."""
+fields docs/performance.md quotes (no timing assertions)."""
 
 from __future__ import annotations
 

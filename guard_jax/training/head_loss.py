@@ -17,7 +17,8 @@ On a 2-core CPU, on the `bench model` config (512 tokens x 151,936 vocabulary, t
 - The head and loss alone need half the temporary memory of the autodiff version (311 vs
   622 MB) and run in 0.87-0.91x its time.
 - The whole step runs in 0.96-0.98x its time (0.81x with an untied head).
-Most of the gain is fewer pages that XLA:CPU maps fresh on every step (README, Performance).
+Most of the gain is fewer pages that XLA:CPU maps fresh on every step
+(docs/performance.md#cpu-train-step-guard-jax-bench-model).
 
 `head_token_logprobs(h, weight, tokens)` is the same construction for GRPO's log p(token) and
 entropy under softmax(logits / temperature): the forward rule keeps e = exp(x - max) (the
