@@ -1,4 +1,5 @@
-"""SafeGuard-VL stage 1: descriptive SFT on recaptioned unsafe images, LoRA (recipes §3.2).
+"""SafeGuard-VL stage 1: descriptive SFT on recaptioned unsafe images, LoRA
+(docs/recipes.md#safeguard-vl).
 
 Data:  records {image, answer} (answer = the recaptioned description), e.g.
        guard-jax data build sharegpt --source SRC --out data/sgvl_recaption

@@ -1,4 +1,4 @@
-"""The official Qwen2.5-VL chat template (reference qwen2_5_vl.md §7.2), verbatim.
+"""The official Qwen2.5-VL chat template, verbatim.
 
 Whitespace is significant: every newline below is part of the rendered prompt. The hub ships it as
 `chat_template.json`; a tokenizer saved by transformers 5.x writes it as `chat_template.jinja`.

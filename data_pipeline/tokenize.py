@@ -1,9 +1,9 @@
 """Chat messages + assistant target -> token ids, attention mask, loss mask, mm_token_type_ids.
 
 The ids are exactly what transformers' `Qwen2_5_VLProcessor` gives for the same messages
-(qwen2_5_vl.md §7.4-§7.5): the chat template renders the text, the k-th `<|image_pad|>` becomes
-prod(grid_k)/merge² copies, and the expanded string is tokenized in one piece (no BOS; Qwen has
-none and the template writes every special token itself).
+(docs/data.md#converters-prompts-and-augmentations): the chat template renders the text, the k-th
+`<|image_pad|>` becomes prod(grid_k)/merge² copies, and the expanded string is tokenized in one
+piece (no BOS; Qwen has none and the template writes every special token itself).
 
 Loss mask: 1 on the assistant target's tokens and on the `<|im_end|>` that closes the turn, 0 on
 everything else, including the "\\n" the template writes after `<|im_end|>`. This is what a

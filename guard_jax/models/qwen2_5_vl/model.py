@@ -1,9 +1,10 @@
 """Qwen2.5-VL in Flax NNX: vision tower, text decoder, and the VLM that joins them.
 
-Numerics follow transformers 5.23 (reference §8): RMSNorm normalises in float32 and casts back
-before the weight multiply; the vision RoPE rotates in float32; the text M-RoPE casts cos/sin to
-the activation dtype; attention softmax is float32. Layer stacks run as one `lax.scan` each, with
-optional rematerialisation, so a 36-layer decoder compiles in about one layer's time.
+Numerics follow transformers 5.23 (docs/model.md#how-the-model-is-built): RMSNorm normalises in
+float32 and casts back before the weight multiply; the vision RoPE rotates in float32; the text
+M-RoPE casts cos/sin to the activation dtype; attention softmax is float32. Layer stacks run as one
+`lax.scan` each, with optional rematerialisation, so a 36-layer decoder compiles in about one
+layer's time.
 """
 
 from __future__ import annotations

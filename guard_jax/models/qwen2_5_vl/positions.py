@@ -3,7 +3,7 @@
 Everything here depends only on token ids, the attention mask and the image grids, never on
 activations, so it runs once on the host and feeds `jit` as plain integer arrays with static
 shapes. Patches stay in the image processor's (merge-block-major) order throughout: windowed
-and full attention become segment-id masks, which is exact (see the reference, §5.8).
+and full attention become segment-id masks, which is exact (docs/model.md#how-the-model-is-built).
 """
 
 from __future__ import annotations
