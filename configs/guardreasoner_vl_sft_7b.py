@@ -15,5 +15,7 @@ from guard_jax.run_config import config_from_file
 def get_config():
     c = config_from_file(os.path.join(os.path.dirname(__file__), "guardreasoner_vl_sft_3b.py"))
     c.model.preset = "7b"
-    c.train.micro_batch = 12  # 7B activations: twice the micro-batches of the 3B run
+    # 7B activations: smaller micro-batches than the 3B run's 24, a multiple of the 8 or 16
+    # data x fsdp devices it runs on (12 would be replicated on 8: docs/performance.md)
+    c.train.micro_batch = 16
     return c

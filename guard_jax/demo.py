@@ -62,8 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rl-steps", type=int, default=60,
                    help="GRPO steps of stage 2 (0 skips the RL stage)")
     p.add_argument("--rl-seed", type=int, default=RL_SEED,
-                   help="seed of the GRPO stage (sampling keys, loader order); README, GRPO "
-                        "section, has the seeds measured")
+                   help="seed of the GRPO stage (sampling keys, loader order); docs/grpo.md "
+                        "has the seeds measured")
     p.add_argument("--min-reward-gain", type=float, default=MIN_REWARD_GAIN,
                    help="fail unless the mean reward of the last 10%% of the GRPO steps beats "
                         "the first 10%% by this much")

@@ -151,6 +151,10 @@ def arithmetic_plan(run, n_devices: int) -> Plan:
     vis_act = (v.depth * patches * vd * cb + 2 * vis_layer) if policy == "full" else (
         v.depth * vis_layer)
     rows["activations (train step)"] = text_act + logits + vis_act
+    from guard_jax.sharding import unsplit_batch_warning
+    warning = unsplit_batch_warning(run.train.micro_batch, "train.micro_batch", data, fsdp)
+    if warning:
+        notes.insert(0, "WARNING: " + warning)
     notes.append(f"activations: estimate for remat={policy!r}, {b:g} sequence(s) of {seq} "
                  f"tokens and {patches:g} image patches per device; text attention counted with "
                  "materialised float32 scores (the XLA path; cuDNN/splash keep far less)")

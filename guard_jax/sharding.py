@@ -228,6 +228,16 @@ def mesh_axes_of(logical: str, size: int) -> MeshAxes:
     return spec[0] if len(spec) else None
 
 
+def unsplit_batch_warning(rows: int, what: str, data: int, fsdp: int) -> str | None:
+    """A warning when `rows` (a batch dimension) does not split over the data x fsdp devices:
+    the batch is then replicated and every device computes all of it (docs/sharding.md)."""
+    n = data * fsdp
+    if n <= 1 or rows % n == 0:
+        return None
+    return (f"{what} {rows} does not split over the {n} data x fsdp devices: every device "
+            f"computes all {rows} rows (replicated); use a multiple of {n}")
+
+
 def batch_mesh_axes(size: int) -> MeshAxes:
     """The mesh axes the activations' batch of `size` rows is split over (see mesh_axes_of)."""
     return mesh_axes_of("act_batch", size)

@@ -41,3 +41,16 @@ def test_targets():
         plan.parse_target("tpu-9000")
     with pytest.raises(ValueError, match="multiples of 2"):
         plan.parse_target("v5p-3")
+
+
+def test_plan_warns_when_the_micro_batch_does_not_split():
+    """A micro-batch that the data x fsdp devices do not divide is replicated on every device
+    (each computes all of it): the plan says so first."""
+    run = load_config(CONFIG, ["--config.mesh.data=1", "--config.mesh.fsdp=-1",
+                               "--config.mesh.tensor=1", "--config.train.micro_batch=12",
+                               "--config.train.global_batch=12"])
+    p = plan.arithmetic_plan(run, 8)
+    assert p.notes[0].startswith("WARNING: train.micro_batch 12 does not split over the 8")
+    ok = load_config(CONFIG, ["--config.mesh.data=1", "--config.mesh.fsdp=-1",
+                              "--config.mesh.tensor=1"])
+    assert not any("WARNING" in n for n in plan.arithmetic_plan(ok, 8).notes)

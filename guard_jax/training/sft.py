@@ -90,7 +90,7 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
     config changes that alter the checkpoint's meaning unless their keys are in
     `allow_config_change` (guard_jax/training/resume.py)."""
     from guard_jax.run_config import model_config
-    from guard_jax.sharding import make_mesh
+    from guard_jax.sharding import make_mesh, unsplit_batch_warning
     from guard_jax.training import checkpoint as ckpt_lib
     from guard_jax.training import resume
     from guard_jax.training.batch import to_model_batch
@@ -102,6 +102,10 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
     resume.check_config(run, workdir, allow=allow_config_change)  # before any device work
     mc = model_config(run)
     mesh = make_mesh(dict(run.mesh))
+    warning = unsplit_batch_warning(run.train.micro_batch, "train.micro_batch",
+                                    mesh.shape["data"], mesh.shape["fsdp"])
+    if warning:
+        log.warning(warning)
     tokenizer_dir = run.data.tokenizer_dir or run.model.hf_dir
     if not tokenizer_dir:
         raise ValueError("no tokenizer: set data.tokenizer_dir (or model.hf_dir)")
