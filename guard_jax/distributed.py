@@ -15,11 +15,13 @@ that names the coordinator and the process, never a silent hang.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import threading
 
 import jax
+import numpy as np
 
 JOIN_TIMEOUT_EXIT_CODE = 75  # EX_TEMPFAIL: a peer never joined; the job may be retried
 
@@ -110,3 +112,53 @@ def initialize(timeout_s: int | None = None, local_device_ids=None) -> Topology:
     finally:
         done.set()
     return topo
+
+
+# ------------------------------------------------------------------ host values on every process
+def host_array(x) -> np.ndarray:
+    """A device array as numpy on every process: one that spans other processes' devices (not
+    fully addressable) is all-gathered, so every process must call this at the same point."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def allgather_json(value) -> list:
+    """[value of process 0, value of process 1, ...] for a JSON-able value (one per process;
+    a collective: every process calls it at the same point). One process: [value]."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(value).encode("utf-8"), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int32))
+    padded = np.zeros((int(np.max(sizes)),), np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(rows[i, :int(n)].tobytes().decode("utf-8"))
+            for i, n in enumerate(np.asarray(sizes).reshape(-1))]
+
+
+def allgather_interleaved(batch: dict) -> dict:
+    """Each process's host batch (rows along axis 0, the same keys and shapes everywhere) ->
+    the global batch on every process, rows interleaved: global row i * n + k is process k's
+    row i (n processes). numpy arrays travel as arrays; lists and string arrays as JSON. This
+    is the order of one loader sharded by process (process k reads elements k, k + n, ...):
+    see docs/grpo-multihost.md."""
+    n = jax.process_count()
+    if n == 1:
+        return dict(batch)
+    from jax.experimental import multihost_utils
+    arrays = {k: v for k, v in batch.items()
+              if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
+    other = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v))
+             for k, v in batch.items() if k not in arrays}
+    out = {}
+    for k, v in multihost_utils.process_allgather(arrays).items():
+        v = np.asarray(v)  # [n, rows, ...] -> [rows * n, ...] with process as the fast axis
+        out[k] = np.swapaxes(v, 0, 1).reshape((-1,) + v.shape[2:])
+    parts = allgather_json(other)
+    for k, v in other.items():
+        rows = [parts[p][k][i] for i in range(len(v)) for p in range(n)]
+        out[k] = np.asarray(rows) if isinstance(batch[k], np.ndarray) else rows
+    return {k: out[k] for k in batch}

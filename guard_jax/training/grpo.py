@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from guard_jax.distributed import host_array
 from guard_jax.training import grpo_loss as L
 from guard_jax.training.head_loss import head_token_logprobs
 
@@ -234,6 +235,7 @@ class GRPOTrainer:
         from guard_jax.training.train_step import init_train_state
 
         self.run, self.g = run, run.grpo
+        self.order: dict = {}  # the last step's prompt ids (rolled out, trained)
         self.G = self.g.num_generations
         self.mc = mc = model_config(run)
         self.mesh = make_mesh(dict(run.mesh))
@@ -316,7 +318,7 @@ class GRPOTrainer:
                 chunk["terms"] = self.reward(chunk["tokens"], chunk["mask"],
                                              chunk["raw"]["reward_labels"],
                                              ids=chunk["raw"].get("ids"))
-                zero = np.asarray(L.zero_std_groups(chunk["terms"][g.filter_key], G))
+                zero = host_array(L.zero_std_groups(chunk["terms"][g.filter_key], G))
                 reward_s += time.perf_counter() - t_r
                 chunks.append(chunk)
                 valid = np.concatenate([valid, ~zero])
@@ -335,6 +337,9 @@ class GRPOTrainer:
         terms = {k: jnp.take(jnp.concatenate([c["terms"][k] for c in chunks]), rows, axis=0)
                  for k in chunks[0]["terms"]}
         data["raw"] = take_prompts(concat_prompts([c["raw"] for c in chunks]), take)
+        # the step's prompts (every process holds all of them) for data_order.jsonl
+        self.order = {"ids": [str(i) for c in chunks for i in c["raw"].get("ids", ())],
+                      "trained": [str(i) for i in data["raw"].get("ids", ())]}
         data["group_weight"] = jnp.asarray(np.repeat(weight, G), jnp.float32)
         jax.block_until_ready(data["tokens"])
         timing["timing_s/reward"] = reward_s
@@ -347,7 +352,7 @@ class GRPOTrainer:
                       "dyn/bound_hit": float(g.dynamic_sampling in ("overgenerate", "regenerate")
                                              and valid.sum() < P)})
         for k, v in all_terms.items():
-            stats[f"reward/{k}/frac_zero_std"] = float(np.mean(np.asarray(
+            stats[f"reward/{k}/frac_zero_std"] = float(np.mean(host_array(
                 L.zero_std_groups(v, G))))
         if stats["dyn/bound_hit"]:
             log.warning("step %d: %d of %d groups have reward spread after %d regenerations; "
@@ -373,7 +378,7 @@ class GRPOTrainer:
             for m in range(rows // mb):
                 lo = m * mb
                 denom = L.loss_denominator(data["weights"][lo:lo + mb], g.loss_agg_mode)
-                if float(denom) == 0:  # every group masked: an update would only decay
+                if float(host_array(denom)) == 0:  # all masked: an update would only decay
                     skipped += 1
                     continue
                 mini = {}
@@ -444,16 +449,16 @@ class GRPOTrainer:
         metrics["actor/lr"] = float(self.schedule(max(int(self.state["step"]) // self.accum
                                                       - 1, 0)))
         tokens = (np.asarray(data["raw"]["attention_mask"]).sum() * self.G
-                  + np.asarray(data["mask"]).sum())
+                  + host_array(data["mask"]).sum())
         metrics["tokens_per_sec"] = float(tokens) / timing["timing_s/step"]
         return metrics
 
     def _rollout_stats(self, data: dict) -> dict:
-        lengths = np.asarray(data["mask"]).sum(1)
+        lengths = host_array(data["mask"]).sum(1)
         out = {"response_length/mean": float(lengths.mean()),
                "response_length/max": float(lengths.max()),
                "response_length/min": float(lengths.min()),
-               "response_length/clip_ratio": float(1.0 - np.asarray(data["finished"]).mean()),
+               "response_length/clip_ratio": float(1.0 - host_array(data["finished"]).mean()),
                "prompt_length/mean": float(np.asarray(data["raw"]["attention_mask"]).sum(1)
                                            .mean())}
         for k, v in data["terms"].items():
@@ -461,29 +466,102 @@ class GRPOTrainer:
             out[f"reward/{k}/std"] = float(jnp.std(v))
         out["reward/mean"] = out["reward/total/mean"]
         out["advantages/abs_mean"] = float(jnp.mean(jnp.abs(data["advantages"])))
-        mask = np.asarray(data["mask"], bool)
-        diff = np.abs(np.asarray(data["sampler_logp"]) - np.asarray(data["old_logp"]))[mask]
+        mask = host_array(data["mask"]).astype(bool)
+        diff = np.abs(host_array(data["sampler_logp"]) - host_array(data["old_logp"]))[mask]
         out["rollout/logprob_diff"] = float(diff.mean()) if diff.size else 0.0
         return out
 
 
 # ---------------------------------------------------------------------------- the loop
-def build_loader(run, model_config, *, tokenizer_dir: str):
+class PromptLoader:
+    """The rollout prompts of a run on any number of processes (docs/grpo-multihost.md).
+
+    Each of the n processes reads its share of one global sequence (grain sharding: process
+    k reads elements k, k + n, ...), grpo.rollout_chunk_prompts / n prompts a batch; every
+    batch is then gathered so that each process holds the global chunk, rows in the order one
+    process reading the whole sequence would see them. Everything after that (sampling,
+    rewards, dynamic sampling, the update) runs on the same host values on every process.
+
+    The state is every process's loader position, so a checkpoint covers every share, and a
+    run resumes on the same or another process count (see `set_state`)."""
+
+    def __init__(self, make, process_count: int, process_index: int):
+        self.n, self.k = process_count, process_index
+        self.it = make(process_index, process_count)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        from guard_jax.distributed import allgather_interleaved
+        return allgather_interleaved(next(self.it))
+
+    def get_state(self):
+        """One process: the loader's own state. Several: {"process_count": n, "shards": [the
+        state of each process]} (a collective: every process calls it)."""
+        from guard_jax.distributed import allgather_json
+        from guard_jax.training.checkpoint import _encode_data_state
+        if self.n == 1:
+            return self.it.get_state()
+        return {"process_count": self.n,
+                "shards": allgather_json(_encode_data_state(self.it.get_state()))}
+
+    def set_state(self, state) -> None:
+        from guard_jax.training.checkpoint import _decode_data_state
+        self.it.set_state(_decode_data_state(shard_state(state, self.n, self.k)))
+
+    def close(self):
+        if hasattr(self.it, "close"):
+            self.it.close()
+
+
+def shard_state(state, process_count: int, process_index: int):
+    """Process `process_index`'s loader state of `process_count` from a saved state (see
+    PromptLoader.get_state). The same count takes its own share's position; another count
+    needs every share at the same position j (no record skipped on one share only), i.e. the
+    first n x j elements of the global sequence read, which restarts each of m processes at
+    n x j / m."""
+    from guard_jax.errors import InputError
+    if isinstance(state, dict) and "shards" in state:
+        shards = state["shards"]
+    else:
+        shards = [state]
+    if len(shards) == process_count:
+        return shards[process_index]
+    positions = {s.get("next_index") if isinstance(s, dict) and set(s) == {"next_index"}
+                 else None for s in shards}
+    read = len(shards) * next(iter(positions)) if len(positions) == 1 else None
+    if None in positions or read is None or read % process_count:
+        raise InputError(
+            f"the checkpoint's data position was written by {len(shards)} processes "
+            f"(positions {[s for s in shards]}) and cannot be split over {process_count}: "
+            f"resume on {len(shards)} processes (the shares read different numbers of "
+            "records, e.g. after skipped records, or the prompts read do not divide)")
+    return {"next_index": read // process_count}
+
+
+def build_loader(run, model_config, *, tokenizer_dir: str) -> PromptLoader:
     """The SFT loader in RL form: generation prompts of one static length with their reward
-    labels, grpo.rollout_chunk_prompts per batch."""
+    labels, grpo.rollout_chunk_prompts per batch over all processes."""
     from data_pipeline.build import open_source
     from data_pipeline.loader import make_loader
+    from guard_jax.errors import InputError
     from guard_jax.training.sft import tokenizer_key
 
     if not run.data.path:
         raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
                          "build` (--config.data.path=DIR)")
-    if jax.process_count() > 1:
-        raise NotImplementedError("the GRPO trainer runs on one process (any number of local "
-                                  "devices); multi-host rollouts are not implemented yet")
-    return make_loader(open_source(run.data.path, run.data.split),
-                       loader_config(run, pad_id=model_config.generation_pad_id),
-                       tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
+    n = jax.process_count()
+    if run.grpo.rollout_chunk_prompts % n:
+        raise InputError(f"grpo.rollout_chunk_prompts={run.grpo.rollout_chunk_prompts} does "
+                         f"not split over the job's {n} processes: make it a multiple of {n}")
+    source = open_source(run.data.path, run.data.split)
+
+    def make(index, count):
+        return make_loader(source, loader_config(run, pad_id=model_config.generation_pad_id,
+                                                 shard_index=index, shard_count=count),
+                           tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
+    return PromptLoader(make, n, jax.process_index())
 
 
 def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 1):
@@ -494,7 +572,8 @@ def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 
     return LoaderConfig(
         recipe=run.data.recipe,
         recipe_options=(("mode", run.data.recipe_mode),) if run.data.recipe_mode else (),
-        buckets=(run.grpo.max_prompt_len,), batch_size=run.grpo.rollout_chunk_prompts,
+        buckets=(run.grpo.max_prompt_len,),
+        batch_size=run.grpo.rollout_chunk_prompts // shard_count,
         images_per_sample=run.data.images_per_sample, min_pixels=run.data.min_pixels,
         max_pixels=run.data.max_pixels, seed=run.train.seed, num_epochs=None,
         worker_count=run.data.worker_count, on_error=run.data.on_error,
@@ -522,6 +601,10 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
     trainer.state, start = resume.restore(ckpt, trainer.state, loader)
     writer = MetricsWriter(workdir, process_index=jax.process_index(),
                            total_steps=run.train.steps, initial_step=start)
+    # Every prompt each step rolled out ("ids") and those it trained on ("trained"), over all
+    # processes; steps re-run after a crash appear again, the later line wins.
+    order = (open(os.path.join(workdir, "data_order.jsonl"), "a", encoding="utf-8")
+             if jax.process_index() == 0 else None)
     last: dict = {}
     step = start
     try:
@@ -529,6 +612,9 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
             metrics = trainer.step(loader, step)
             done = step + 1
             check_finite(done, metrics)  # never log-and-continue or save a diverged state
+            if order is not None:
+                order.write(json.dumps({"step": done, **trainer.order}) + "\n")
+                order.flush()
             if done % run.train.log_every == 0 or done == run.train.steps:
                 writer.write(done, metrics)
             last = metrics
@@ -542,8 +628,9 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
     finally:
         ckpt.close()
         writer.close()
-        if hasattr(loader, "close"):
-            loader.close()
+        if order is not None:
+            order.close()
+        loader.close()
     return {"step": step, **last}
 
 

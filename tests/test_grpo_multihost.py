@@ -1,0 +1,152 @@
+"""GRPO on several processes (docs/grpo-multihost.md): two processes with 4 fake CPU devices each,
+joined on a localhost coordinator, against one process with 8, through the real trainer
+(tests/grpo_multihost_worker.py); a SIGTERM on one process; a resume on another process count.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_grpo import task  # noqa: F401  (the tiny dataset, tokenizer and model)
+
+WORKER = os.path.join(os.path.dirname(__file__), "grpo_multihost_worker.py")
+# 4 prompts a step in chunks of 2 (one prompt per process per chunk), G = 4, regeneration
+# (up to one more batch of 4 prompts), a KL term, 2 updates of 2 micro-batches each per step
+OVERRIDES = {"train.steps": 3, "train.checkpoint_every": 1, "train.global_batch": 8,
+             "train.micro_batch": 4, "grpo.num_generations": 4, "grpo.prompts_per_step": 4,
+             "grpo.rollout_chunk_prompts": 2, "grpo.max_new_tokens": 8,
+             "grpo.dynamic_sampling": "regenerate", "grpo.max_regenerations": 1,
+             "grpo.kl_coef": 0.05, "optim.lr": 1e-3,
+             # Adam turns a gradient of pure rounding noise (e.g. the k bias's, zero in exact
+             # arithmetic: softmax ignores a constant score) into an lr-sized step, and the
+             # all-reduce of 2 processes adds in another order than 1 process's: an eps above
+             # that noise keeps such steps small, real gradients still move the weights
+             "optim.eps": 1e-3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(task, work, *, processes, signal_at=None, overrides=None):  # noqa: F811
+    """The worker processes of one run in `work` (started, not waited for)."""
+    spec = json.dumps({"task": task, "workdir": str(work), "dump": str(work) + "-rewards",
+                       "signal_at": signal_at, "overrides": {**OVERRIDES, **(overrides or {})}})
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "TPU_", "GUARD_JAX_", "XLA_FLAGS"))}
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+        if processes > 1:
+            env = dict(env, GUARD_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                       GUARD_JAX_NUM_PROCESSES=str(processes), GUARD_JAX_PROCESS_ID=str(i),
+                       GUARD_JAX_INIT_TIMEOUT="120")
+        procs.append(subprocess.Popen([sys.executable, WORKER, spec], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def _finish(procs) -> list[tuple[int, dict | None, str]]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=900)
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        out.append((p.returncode, json.loads(lines[-1]) if lines else None, stderr))
+    return out
+
+
+def _ok(results):
+    for rc, result, err in results:
+        assert rc == 0 and result is not None, err[-4000:]
+    return [r for _, r, _ in results]
+
+
+def _params(workdir, step) -> dict:
+    """The parameters of checkpoint `step`, read onto this process's first device whatever
+    topology wrote them."""
+    import jax
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, str(step), "state")
+    reader = ocp.StandardCheckpointer()
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=one)
+              for k, v in reader.metadata(path).item_metadata.items()}
+    return {k: np.asarray(v) for k, v in reader.restore(path, target).items()
+            if k.startswith("params.")}
+
+
+def _lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def runs(task, tmp_path_factory):  # noqa: F811
+    """The same 3 steps on 1 process x 8 devices (`one`) and on 2 processes x 4 (`two`), run
+    at the same time. (No more processes at once: a collective whose peer is still compiling
+    after 30 s fails in gloo's set-up, and the test machine's cores are few.)"""
+    root = tmp_path_factory.mktemp("grpo_mh")
+    one = _start(task, root / "one", processes=1)
+    two = _start(task, root / "two", processes=2)
+    _ok(_finish(one))
+    _ok(_finish(two))
+    return root
+
+
+def test_two_processes_train_like_one(runs):
+    one, two = runs / "one", runs / "two"
+    # every reward call saw the same prompts with the same labels, the same rollouts and
+    # rewards, on each of the two processes and on the single one
+    calls = _lines(f"{one}-rewards.0.jsonl")
+    assert _lines(f"{two}-rewards.0.jsonl") == _lines(f"{two}-rewards.1.jsonl")
+    others = _lines(f"{two}-rewards.0.jsonl")
+    assert [c["ids"] for c in others] == [c["ids"] for c in calls]
+    assert [c["labels"] for c in others] == [c["labels"] for c in calls]
+    np.testing.assert_allclose([c["total"] for c in others], [c["total"] for c in calls])
+    totals = np.asarray([c["total"] for c in calls]).reshape(-1, 4)  # [groups, G]
+    assert 0 < np.mean(totals.max(1) > totals.min(1)) < 1  # some groups valid, some not
+    # the same data order and selected groups per step, the same dynamic-sampling decisions
+    order = _lines(one / "data_order.jsonl")
+    assert [ln["step"] for ln in order] == [1, 2, 3]
+    assert _lines(two / "data_order.jsonl") == order
+    m1, m2 = _lines(one / "metrics.jsonl"), _lines(two / "metrics.jsonl")
+    assert [ln["step"] for ln in m2] == [1, 2, 3]
+    assert any(ln["dyn/regenerations"] > 0 for ln in m1)
+    for a, b in zip(m1, m2):
+        for k in ("dyn/valid_groups", "dyn/trained_groups", "dyn/regenerations",
+                  "dyn/rollout_prompts", "reward/total/mean", "actor/skipped_minibatches"):
+            assert a[k] == b[k], k
+        np.testing.assert_allclose(b["loss"], a["loss"], atol=1e-6)
+    # the same weights after every step, and they moved
+    for step in (1, 2, 3):
+        a, b = _params(str(one), step), _params(str(two), step)
+        assert a.keys() == b.keys()
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6, step
+    first = _params(str(one), 1)
+    assert max(float(np.abs(a[k] - first[k]).max()) for k in a) > 1e-4
+
+
+def test_sigterm_on_one_process_saves_one_step_on_all_and_resumes_on_one(task, runs):  # noqa: F811
+    """Process 1 alone gets SIGTERM in step 2 (4 reward calls a step here): both processes
+    finish step 2, save it together and exit 0. The run then resumes on ONE process (8
+    devices) from that checkpoint and ends exactly where the uninterrupted run ends."""
+    root, work = runs, runs / "preempt"
+    preempt = _finish(_start(task, work, processes=2, signal_at=[5, 1, "TERM"],
+                             overrides={"train.checkpoint_every": 100}))
+    for rc, result, err in preempt:
+        assert rc == 0 and result["step"] == 2, err[-3000:]
+        assert "preempted: saved step 2, exiting" in err
+    assert sorted(int(d) for d in os.listdir(work) if d.isdigit()) == [2]
+    meta = json.load(open(work / "2" / "meta" / "metadata"))
+    assert meta["data_state"]["process_count"] == 2 and len(meta["data_state"]["shards"]) == 2
+    assert _ok(_finish(_start(task, work, processes=1)))[0]["step"] == 3
+    a, b = _params(str(root / "one"), 3), _params(str(work), 3)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
+    order = {ln["step"]: ln for ln in _lines(work / "data_order.jsonl")}
+    assert [order[s] for s in (1, 2, 3)] == _lines(root / "one" / "data_order.jsonl")
