@@ -6,6 +6,8 @@ Run:   guard-jax train --config configs/guardreasoner_vl_grpo_3b.py --workdir ru
            --config.model.hf_dir=R_SFT_EXPORT --config.data.path=data/grvl_rl
        (R_SFT_EXPORT: `guard-jax export` of configs/guardreasoner_vl_sft_3b.py's run)
 Plan:  guard-jax plan --config configs/guardreasoner_vl_grpo_3b.py --target h100x8
+TPU:   fits v5p-8 (fsdp 4), 69.8 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/guardreasoner_vl_grpo_3b.py --target v5p-8
 Expect: 24 rollout steps of 512 prompts x G = 16 (one pass over the 12K prompts), 4 updates of
 128 prompts each per step (the released config.yaml; the paper says 256, i.e. 2 updates: set
 train.global_batch=4096); the clip ratio decays linearly from 0.2 to 0 (clip/eps_low in the

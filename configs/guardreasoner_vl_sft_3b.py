@@ -5,6 +5,8 @@ Data:  guard-jax data build guardreasoner_vl_sft --source SRC --out data/grvl_sf
 Run:   guard-jax train --config configs/guardreasoner_vl_sft_3b.py --workdir runs/grvl_sft_3b \
            --config.model.hf_dir=PATH/Qwen2.5-VL-3B-Instruct --config.data.path=data/grvl_sft
 Plan:  guard-jax plan --config configs/guardreasoner_vl_sft_3b.py --target h100x8
+TPU:   fits v5p-16 (fsdp 8), 57.6 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/guardreasoner_vl_sft_3b.py --target v5p-16
 Expect: 3 epochs over the 123,096 samples = 1,923 updates of 192 sequences; the loss (assistant
 tokens only) falls fast in the first epoch and flattens; this is the cold start for GRPO
 (configs/guardreasoner_vl_grpo_3b.py). The paper's ablation puts R-SFT alone at about 77 prompt

@@ -3,6 +3,8 @@
 Run:   guard-jax train --config configs/guardreasoner_vl_sft_7b.py --workdir runs/grvl_sft_7b \
            --config.model.hf_dir=PATH/Qwen2.5-VL-7B-Instruct --config.data.path=data/grvl_sft
 Plan:  guard-jax plan --config configs/guardreasoner_vl_sft_7b.py --target h100x8
+TPU:   fits v5p-16 (fsdp 8), 56.4 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/guardreasoner_vl_sft_7b.py --target v5p-16
 Expect: as the 3B config (same data, schedule and batch: 1,923 updates of 192 sequences); the
 cold start for configs/guardreasoner_vl_grpo_7b.py (the full 7B model: 79.07 prompt Avg(All) F1).
 """

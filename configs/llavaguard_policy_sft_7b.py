@@ -5,6 +5,8 @@ Data:  guard-jax data build llavaguard --source SRC --out data/llavaguard (Llava
        policy augmentations: the policy in the prompt decides the rating)
 Run:   guard-jax train --config configs/llavaguard_policy_sft_7b.py --workdir runs/lg_7b \
            --config.model.hf_dir=PATH/Qwen2.5-VL-7B-Instruct --config.data.path=data/llavaguard
+TPU:   fits v5p-16 (fsdp 8), 45.0 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/llavaguard_policy_sft_7b.py --target v5p-16
 Eval:  guard-jax eval --config configs/eval/llavaguard.py --checkpoint runs/lg_7b
 Expect: the model answers with the LlavaGuard JSON (rating, category, rationale) under the
 policy it is given; policy-flipped samples (v2/v4 augmentations) teach it to follow the policy

@@ -5,6 +5,8 @@ Run:   guard-jax train --config configs/proguard_grpo_3b.py --workdir runs/progu
            --config.model.hf_dir=PATH/Qwen2.5-VL-3B-Instruct --config.data.path=data/proguard \
            --config.grpo.similarity_model=PATH/bge-m3
 Plan:  guard-jax plan --config configs/proguard_grpo_3b.py --target h100x8
+TPU:   fits v5p-8 (fsdp 4), 51.8 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/proguard_grpo_3b.py --target v5p-8
 Expect: 340 rollout steps of 256 prompts x G = 16, each in 8 updates of 32 prompts; the reward
 (format x (request + response + category), at most 3) rises as the strict format is learned,
 then with the labels; reward/similarity_bonus > 0 once out-of-taxonomy names come close to the

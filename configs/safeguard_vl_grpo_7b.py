@@ -8,6 +8,8 @@ Run:   guard-jax train --config configs/safeguard_vl_grpo_7b.py --workdir runs/s
        (STAGE1_EXPORT: `guard-jax export` of configs/safeguard_vl_recaption_sft_7b.py's run, or
        Qwen2.5-VL-7B-Instruct for the RL-only variant)
 Plan:  guard-jax plan --config configs/safeguard_vl_grpo_7b.py --target h100x8
+TPU:   fits v5p-8 (fsdp 4), 46.4 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/safeguard_vl_grpo_7b.py --target v5p-8
 Expect: 2 prompts x G = 8 completions per step, one update each (so the ratio is 1 and the clip
 never binds); the reward (asymmetric yes/no 1.7 / 2.0 + the >= 50-character think rule + the
 whole-string format, at most 3) rises; frac_reward_zero_std shows how many groups agree.

@@ -5,6 +5,8 @@ Data:  records {image, answer} (answer = the recaptioned description), e.g.
        guard-jax data build sharegpt --source SRC --out data/sgvl_recaption
 Run:   guard-jax train --config configs/safeguard_vl_recaption_sft_7b.py --workdir runs/sgvl_s1 \
            --config.model.hf_dir=PATH/Qwen2.5-VL-7B-Instruct --config.data.path=data/sgvl_recaption
+TPU:   fits v5p-8 (data 4), 69.8 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/safeguard_vl_recaption_sft_7b.py --target v5p-8
 Then:  guard-jax export --checkpoint runs/sgvl_s1 --out runs/sgvl_s1_hf   (adapters merged)
 Expect: one epoch over ~100k images = ~1,560 updates of 64; the model learns to describe harmful
 content instead of whitewashing it. Paper ablation (UnsafeBench F1): base 41.71, SFT without

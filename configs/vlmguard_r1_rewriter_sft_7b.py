@@ -8,6 +8,8 @@ Data:  synthesised records with the original prompt, image, risk analysis and re
            --option target_field=target
 Run:   guard-jax train --config configs/vlmguard_r1_rewriter_sft_7b.py --workdir runs/vgr1 \
            --config.model.hf_dir=PATH/Qwen2.5-VL-7B-Instruct --config.data.path=data/vlmguard_r1
+TPU:   fits v5p-8 (fsdp 4), 50.9 GiB per chip (TPU compiler; docs/performance.md):
+       guard-jax plan --config configs/vlmguard_r1_rewriter_sft_7b.py --target v5p-8
 Try:   guard-jax moderate --model runs/vgr1 --recipe vlmguard_r1 --prompt "..." --image x.png
 Expect: the rewriter emits the analysis and a rewritten prompt that the downstream VLM answers
 safely (the paper: +43.59% average safety on SIUO across five VLMs). Hyperparameters are ours
