@@ -9,7 +9,11 @@ How the topology is found, in order:
 4. otherwise a single process, and nothing is initialised.
 
 A peer that never joins is an error after `timeout_s` (GUARD_JAX_INIT_TIMEOUT, default 300 s)
-that names the coordinator and the process, never a silent hang.
+that names the coordinator and the process, never a silent hang. Once joined, a watchdog
+thread on every process writes a heartbeat to the coordinator's key-value store and reads the
+others': a process that stops (killed, its host lost) is named by every survivor, which exits
+with PEER_LOST_EXIT_CODE after GUARD_JAX_PEER_TIMEOUT seconds (default 100) instead of
+waiting in a collective that will never complete (docs/grpo-multihost.md).
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import json
 import os
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
 
 JOIN_TIMEOUT_EXIT_CODE = 75  # EX_TEMPFAIL: a peer never joined; the job may be retried
+PEER_LOST_EXIT_CODE = 75  # a peer died mid-run: the same, retrying resumes from a checkpoint
+_ALIVE, _DONE = "guard_jax/alive/", "guard_jax/done/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +86,11 @@ def initialize(timeout_s: int | None = None, local_device_ids=None) -> Topology:
     if topo.method == "single":
         return topo
     timeout_s = int(timeout_s or _env("GUARD_JAX_INIT_TIMEOUT") or 300)
-    # JAX's own deadline aborts the process from C++ with a stack trace; our watchdog fires
-    # first and exits with a message that says what to check.
-    kw = dict(initialization_timeout=timeout_s + 60)
+    peer_timeout_s = float(_env("GUARD_JAX_PEER_TIMEOUT") or 100)
+    # JAX's own deadlines abort the process from C++ with a stack trace; our watchdogs fire
+    # first and exit with a message that says what happened and what to check.
+    kw = dict(initialization_timeout=timeout_s + 60,
+              heartbeat_timeout_seconds=int(peer_timeout_s) + 60)
     if topo.method == "explicit":
         kw.update(coordinator_address=topo.coordinator, num_processes=topo.num_processes,
                   process_id=topo.process_id)
@@ -111,7 +120,84 @@ def initialize(timeout_s: int | None = None, local_device_ids=None) -> Topology:
         raise RuntimeError(f"{message} ({type(e).__name__}: {e})") from e
     finally:
         done.set()
+    watch_peers(topo, peer_timeout_s)
     return topo
+
+
+def _lost(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(PEER_LOST_EXIT_CODE)
+
+
+def watch_peers(topo: Topology, timeout_s: float) -> threading.Event:
+    """Starts the peer watchdog of a joined multi-process job (see the module docstring);
+    returns the event that stops it. A process that exits normally marks itself done first, so
+    the others do not report it."""
+    import atexit
+
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+    me, n = topo.process_id, topo.num_processes
+    interval = max(0.2, min(5.0, timeout_s / 10))
+    stop = threading.Event()
+    who = f"guard_jax: process {me} of {n}"
+
+    def loop():
+        beats, last_ok, seen = 0, time.monotonic(), {}
+        while not stop.wait(interval):
+            now = time.monotonic()
+            try:
+                beats += 1
+                client.key_value_set(f"{_ALIVE}{me}", str(beats), allow_overwrite=True)
+                alive = dict(client.key_value_dir_get(_ALIVE))
+                done = dict(client.key_value_dir_get(_DONE))
+                last_ok = now
+            except Exception as e:  # noqa: BLE001 - the coordinator itself may be gone
+                if now - last_ok > timeout_s and not stop.is_set():
+                    where = topo.coordinator or topo.method
+                    _lost(f"{who}: lost the coordinator (process 0, {where}): "
+                          f"unreachable for {timeout_s:.0f}s ({type(e).__name__}: {e}). It "
+                          "died, was killed or its host is gone; exiting. Restart every process "
+                          "to resume from the last checkpoint.")
+                continue
+            for peer in range(n):
+                if peer == me or done.get(f"{_DONE}{peer}") == "ok":
+                    continue
+                if done.get(f"{_DONE}{peer}") == "error" and not stop.is_set():
+                    _lost(f"{who}: process {peer} stopped on an error (see its log); exiting "
+                          "instead of waiting in a collective that cannot complete.")
+                value = alive.get(f"{_ALIVE}{peer}")
+                if seen.get(peer, (object(),))[0] != value:
+                    seen[peer] = (value, now)
+                elif now - seen[peer][1] > timeout_s and not stop.is_set():
+                    _lost(f"{who}: lost process {peer}: no heartbeat for {timeout_s:.0f}s "
+                          "(GUARD_JAX_PEER_TIMEOUT). It died, was killed or its host is gone; "
+                          "exiting instead of waiting in a collective that cannot complete. "
+                          "Restart every process to resume from the last checkpoint.")
+
+    failed = []
+    hook = sys.excepthook
+
+    def excepthook(*exc):
+        failed.append(exc[0])
+        hook(*exc)
+
+    def finished():
+        # after an error (e.g. a collective that failed because a peer died) keep watching:
+        # JAX's shutdown then waits for the peers, and a dead one is still named here
+        if not failed:
+            stop.set()
+        try:
+            client.key_value_set(f"{_DONE}{me}", "error" if failed else "ok",
+                                 allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - nothing left to tell
+            pass
+
+    sys.excepthook = excepthook
+    atexit.register(finished)
+    threading.Thread(target=loop, daemon=True, name="guard_jax-peer-watchdog").start()
+    return stop
 
 
 # ------------------------------------------------------------------ host values on every process

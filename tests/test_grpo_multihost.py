@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+from guard_jax import distributed
+
 from test_grpo import task  # noqa: F401  (the tiny dataset, tokenizer and model)
 
 WORKER = os.path.join(os.path.dirname(__file__), "grpo_multihost_worker.py")
@@ -35,12 +37,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(task, work, *, processes, signal_at=None, overrides=None):  # noqa: F811
+def _start(task, work, *, processes, signal_at=None, overrides=None, env=None):  # noqa: F811
     """The worker processes of one run in `work` (started, not waited for)."""
     spec = json.dumps({"task": task, "workdir": str(work), "dump": str(work) + "-rewards",
                        "signal_at": signal_at, "overrides": {**OVERRIDES, **(overrides or {})}})
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TPU_", "GUARD_JAX_", "XLA_FLAGS"))}
+    env = {**{k: v for k, v in os.environ.items()
+              if not k.startswith(("SLURM_", "TPU_", "GUARD_JAX_", "XLA_FLAGS"))}, **(env or {})}
     port = _free_port()
     procs = []
     for i in range(processes):
@@ -150,3 +152,32 @@ def test_sigterm_on_one_process_saves_one_step_on_all_and_resumes_on_one(task, r
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
     order = {ln["step"]: ln for ln in _lines(work / "data_order.jsonl")}
     assert [order[s] for s in (1, 2, 3)] == _lines(root / "one" / "data_order.jsonl")
+
+
+def test_a_killed_process_is_named_by_the_survivor(task, tmp_path):  # noqa: F811
+    """kill -9 of process 1 in the middle of step 1: process 0 does not wait forever in the
+    collective its peer never joins; it exits 75 naming the lost process (GUARD_JAX_PEER_TIMEOUT
+    seconds after the last heartbeat)."""
+    (rc0, _, err0), (rc1, _, _) = _finish(_start(
+        task, tmp_path / "killed", processes=2, signal_at=[3, 1, "KILL"],
+        env={"GUARD_JAX_PEER_TIMEOUT": "20"}))
+    assert rc1 == -9
+    assert rc0 == distributed.PEER_LOST_EXIT_CODE, err0[-3000:]
+    assert "guard_jax: process 0 of 2: lost process 1: no heartbeat for 20s" in err0, err0[-3000:]
+
+
+def test_loader_position_moves_to_another_process_count():
+    """2 processes that each read 10 prompts -> 20 read; 4 processes restart at 5 each, one at
+    20; positions that differ between processes (skips on one share) cannot be split."""
+    from guard_jax.errors import InputError
+    from guard_jax.training.grpo import shard_state
+    two = {"process_count": 2, "shards": [{"next_index": 10}, {"next_index": 10}]}
+    assert shard_state(two, 2, 1) == {"next_index": 10}
+    assert shard_state(two, 4, 3) == {"next_index": 5}
+    assert shard_state(two, 1, 0) == {"next_index": 20}
+    assert shard_state({"next_index": 6}, 2, 0) == {"next_index": 3}  # a one-process run
+    with pytest.raises(InputError, match="resume on 2 processes"):
+        shard_state({"process_count": 2, "shards": [{"next_index": 10}, {"next_index": 11}]},
+                    1, 0)
+    with pytest.raises(InputError, match="cannot be split over 3"):
+        shard_state(two, 3, 0)

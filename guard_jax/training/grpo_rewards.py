@@ -101,7 +101,8 @@ class RolloutReward:
 
     def _similarities(self, first: dict, tokens, mask, records):
         """Cosine of each flagged row's generated name with the gold name and its synonyms."""
-        needs = np.asarray(first["needs_similarity"])
+        from guard_jax.distributed import host_array
+        needs = host_array(first["needs_similarity"])
         phrases = [[r.get("original_category", ""), *r.get("synonymous_phrase", ())]
                    for r in records]
         k = max(len(p) for p in phrases)
@@ -110,8 +111,8 @@ class RolloutReward:
         rows = np.flatnonzero(needs)
         if not len(rows):
             return sims, sim_mask
-        tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
-        spans = np.asarray(first["name_bytes"])
+        tokens, mask = host_array(tokens), host_array(mask).astype(bool)
+        spans = host_array(first["name_bytes"])
         table = self.reward.table
         names = []
         for i in rows:
