@@ -1,11 +1,11 @@
 """GRPO: the loop that wires loader, sampler, rewards, the clipped loss, checkpoints, metrics.
 
-One rollout step (guard_recipes.md §7.2):
+One rollout step (docs/grpo.md#algorithm):
   1. rollout: prompts (left-padded, static length grpo.max_prompt_len) in chunks of
      grpo.rollout_chunk_prompts -> the KV-cache sampler with num_samples = G (the vision tower
      and the prompt run once per prompt) -> [R = P x G, max_new_tokens] tokens;
   2. rewards inside jit from the token ids (guard_jax.rewards); dynamic sampling keeps every
-     shape static (peers.md §5): `mask` zeroes degenerate groups, `overgenerate` rolls out
+     shape static (docs/grpo.md#dynamic-sampling): `mask` zeroes degenerate groups, `overgenerate` rolls out
      ceil(k P) prompts and selects P groups valid-first, `regenerate` rolls out more batches
      until P groups are valid or grpo.max_regenerations is reached, then trains on what exists
      with the degenerate rest masked, and logs it;

@@ -3,8 +3,8 @@
 The recipe renderers (data_pipeline.prompts) emit each sample's ground truth as a `labels`
 dict; the device rewards (guard_jax.rewards) read `encode_gold` records. This maps the one to
 the other per recipe, repeats each prompt's gold over its G samples, and runs the jitted reward
-on the generated token ids. ProGuard's out-of-taxonomy name similarity (guard_recipes.md §2.7,
-§7.5) is the one host step: the device parse says which rows need a similarity and where the
+on the generated token ids. ProGuard's out-of-taxonomy name similarity (docs/recipes.md#proguard,
+docs/rewards.md#sentence-encoder) is the one host step: the device parse says which rows need a similarity and where the
 name's bytes are; only those names are encoded (the on-device sentence encoder) against the
 gold category name and its synonyms, and the thresholds are applied back inside jit.
 """
@@ -72,7 +72,7 @@ class RolloutReward:
         want_tag = getattr(self.reward.cfg, "think_tag", None)
         for i, lab in enumerate(labels):
             where = f"sample {ids[i] if ids is not None else i}"
-            # guard_recipes.md §7.6-1: a prompt asking for <think> under a reward that parses
+            # docs/recipes.md#pitfalls-the-code-handles: a prompt asking for <think> under a reward that parses
             # <thinking> scores 0 on everything without an error; refuse it up front
             if want_tag and lab.get("think_tag", want_tag) != want_tag:
                 raise ValueError(f"{where}: the prompt asks for <{lab['think_tag']}> but the "
