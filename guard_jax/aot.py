@@ -23,6 +23,8 @@ import math
 import re
 import time
 
+from guard_jax.errors import InputError
+
 GIB = 1024**3
 
 # Per JAX device: HBM (GiB), TensorCores the Cloud TPU name counts per device, devices per chip.
@@ -74,12 +76,12 @@ def _chip_grid(chip: str, chips: int) -> tuple[int, ...]:
     """Chip grid of a slice: 2-D for v5e/v6e (2x2, 2x4, 4x4, ...), 3-D otherwise (2x2x1,
     2x2x2, 2x2x4, 2x4x4, 4x4x4, ...: the smallest axis doubles, the last of equals first)."""
     if chips < 1 or chips & (chips - 1):
-        raise ValueError(f"{chip}: {chips} chips; TPU slices have a power-of-two chip count")
+        raise InputError(f"{chip}: {chips} chips; TPU slices have a power-of-two chip count")
     if chip in _2D:
         a = 2 ** (int(math.log2(chips)) // 2)
         return (a, chips // a)
     if chips < 4:
-        raise ValueError(f"{chip}: the smallest slice has 4 chips (2x2x1), not {chips}")
+        raise InputError(f"{chip}: the smallest slice has 4 chips (2x2x1), not {chips}")
     dims = [2, 2, 1]
     while math.prod(dims) < chips:
         k = max(i for i in range(3) if dims[i] == min(dims))
@@ -95,14 +97,14 @@ def parse_tpu_target(target: str, slices: int = 1) -> TpuTarget:
     chip), as Cloud TPU names slices."""
     m = TARGET_RE.fullmatch(target.lower())
     if not m:
-        raise ValueError(f"--target {target!r}: TPU targets look like v5e-16, v6e-8, v5p-64, "
+        raise InputError(f"--target {target!r}: TPU targets look like v5e-16, v6e-8, v5p-64, "
                          "tpu7x-8")
     chip, n = m.group(1), int(m.group(2))
     per_device = TPU_CHIPS[chip][1]
     if n % per_device:
-        raise ValueError(f"{target}: {chip} counts TensorCores, {per_device} per device")
+        raise InputError(f"{target}: {chip} counts TensorCores, {per_device} per device")
     if slices < 1:
-        raise ValueError(f"--slices {slices}: must be >= 1")
+        raise InputError(f"--slices {slices}: must be >= 1")
     t = TpuTarget(chip, n // per_device, slices)
     t.topology()  # validates the chip count
     return t

@@ -21,6 +21,8 @@ import math
 import os
 import re
 
+from guard_jax.errors import InputError
+
 GIB = 1024**3
 
 # HBM per device (GiB) and TensorCores per device for the targets we plan for.
@@ -57,13 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def parse_target(target: str) -> tuple[str, int, float]:
     m = re.fullmatch(r"(v5p|v5e|v6e|v4|tpu7x)-(\d+)|(h100|h200|a100)x(\d+)", target.lower())
     if not m:
-        raise ValueError(f"--target {target!r}: use e.g. v5p-32, v6e-8, tpu7x-8, h100x8 or "
+        raise InputError(f"--target {target!r}: use e.g. v5p-32, v6e-8, tpu7x-8, h100x8 or "
                          "h200x8")
     if m.group(1):
         chip, n = m.group(1), int(m.group(2))
         hbm, cores = CHIPS[chip]
         if n % cores:
-            raise ValueError(f"{target}: {chip} slices count TensorCores in multiples of {cores}")
+            raise InputError(f"{target}: {chip} slices count TensorCores in multiples of {cores}")
         return chip, n // cores, hbm
     chip, n = m.group(3), int(m.group(4))
     return chip, n, CHIPS[chip][0]
@@ -315,7 +317,7 @@ def _tpu_compiler_plan(args, run, arith: Plan) -> str | None:
     phases = [p for p in args.phases.split(",") if p] or [run.trainer]
     unknown = set(phases) - set(aot.PROGRAMS)
     if unknown:
-        raise ValueError(f"--phases {sorted(unknown)}: choose from {', '.join(aot.PROGRAMS)}")
+        raise InputError(f"--phases {sorted(unknown)}: choose from {', '.join(aot.PROGRAMS)}")
     print(f"[plan] compiling {', '.join(phases)} for {target} with the TPU compiler...",
           flush=True)
     shape, results = aot.compile_run(run, aot.tpu_devices(target), phases=phases)
@@ -327,7 +329,7 @@ def main(args) -> int:
     chip, n_devices, hbm = parse_target(args.target)
     tpu = chip not in GPUS
     if args.slices != 1 and not tpu:
-        raise ValueError("--slices is for TPU targets")
+        raise InputError("--slices is for TPU targets")
     n_devices *= args.slices
     if tpu and not args.compiled:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # topology descriptions need no TPU
