@@ -37,7 +37,9 @@ def _loader_config(trainer: str, shard_index: int = 0, shard_count: int = 1):
                  f"--config.train.global_batch={2 * shard_count}"]
     else:
         from guard_jax.training.grpo import loader_config
-        over += ["--config.grpo.rollout_chunk_prompts=2", "--config.grpo.prompts_per_step=2",
+        # each process loads its 1/n share of a rollout chunk (docs/grpo-multihost.md)
+        over += [f"--config.grpo.rollout_chunk_prompts={2 * shard_count}",
+                 f"--config.grpo.prompts_per_step={2 * shard_count}",
                  "--config.train.global_batch=8", "--config.train.micro_batch=4"]
     run = load_config(str(CONFIGS / f"tiny_{trainer}.py"), over)
     cfg = loader_config(run, pad_id=0, shard_index=shard_index, shard_count=shard_count)
