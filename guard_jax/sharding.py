@@ -238,9 +238,6 @@ def unsplit_batch_warning(rows: int, what: str, data: int, fsdp: int) -> str | N
             f"computes all {rows} rows (replicated); use a multiple of {n}")
 
 
-def batch_mesh_axes(size: int) -> MeshAxes:
-    """The mesh axes the activations' batch of `size` rows is split over (see mesh_axes_of)."""
-    return mesh_axes_of("act_batch", size)
 
 
 # Logical axes of each batch field; everything else is replicated.

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from guard_jax.distributed import host_array
 from guard_jax.sampling.sampler import Sampler, SampleOutput, SamplingParams
 from guard_jax.sharding import SAMPLE_RULES
 
@@ -92,15 +93,8 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
         batch = put_batch(batch, batch_shardings(batch, mesh, rules))
     out = sampler(state, batch, key)
     if not return_output:
-        return _to_host(out.tokens)
-    return SampleOutput(*(_to_host(a) for a in out))
-
-
-def _to_host(a) -> np.ndarray:
-    if not a.is_fully_addressable:  # multi-process: every process gets the whole result
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-    return np.asarray(a)
+        return host_array(out.tokens)
+    return SampleOutput(*(host_array(a) for a in out))
 
 
 __all__ = ["generate", "check_left_padded", "sampler_for"]

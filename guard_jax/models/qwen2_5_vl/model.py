@@ -21,7 +21,7 @@ from guard_jax.models.qwen2_5_vl import positions as pos_lib
 from guard_jax.models.qwen2_5_vl.attention import dot_product_attention, grouped_attention
 from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from guard_jax.models.qwen2_5_vl.params import ParamSpec, text_specs, vision_specs
-from guard_jax.sharding import batch_mesh_axes, shard_activation
+from guard_jax.sharding import mesh_axes_of, shard_activation
 
 ACT_BLE = ("act_batch", "act_length", "act_embed")
 # Batch fields the vision tower reads (host-computed by positions.vision_attention_index).
@@ -196,7 +196,7 @@ class VisionTower(nnx.Module):
         (see positions.vision_batch); each sample's row runs independently. On a mesh the rows
         are split like the activations' batch, which kernels under shard_map inside the tower
         (splash attention) are told through vmap's spmd_axis_name."""
-        rows = batch_mesh_axes(pixel_values.shape[0])
+        rows = mesh_axes_of("act_batch", pixel_values.shape[0])
         return jax.vmap(self.tower, spmd_axis_name=rows)(pixel_values, pos_hw, win_idx, full_idx)
 
     def tower(self, pixel_values, pos_hw, win_idx, full_idx):
