@@ -103,6 +103,27 @@ def make_mesh(config: MeshConfig | Mapping | Sequence | None = None, devices=Non
     return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
 
 
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """`mesh` with Auto axis types (the same mesh when it has them already).
+
+    guard_jax's steps give shardings at their inputs and outputs and let the compiler propagate
+    the rest, which needs Auto axes; `jax.make_mesh` defaults to Explicit ones (sharding in
+    types), so such a mesh is converted here (same devices, names and sizes). Axis names other
+    than ('data', 'fsdp', 'tensor') are refused with what to pass instead (docs/sharding.md)."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}; build "
+                        "one with guard_jax.sharding.make_mesh")
+    unknown = [a for a in mesh.axis_names if a not in MESH_AXES]
+    if unknown:
+        raise ValueError(f"mesh axes {tuple(mesh.axis_names)}: guard_jax shards over "
+                         f"{MESH_AXES} and knows no axis {unknown}; pass "
+                         "guard_jax.sharding.make_mesh({'data': D, 'fsdp': F, 'tensor': T}) or "
+                         f"jax.make_mesh(shape, {MESH_AXES})")
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
+
+
 def _multislice_devices(shape, devices, slices: int) -> np.ndarray:
     """Devices of several TPU slices joined over DCN: the slow links carry the data axis (one
     gradient all-reduce a step), or fsdp when data does not split over the slices; the other
@@ -176,6 +197,7 @@ def _divisibility_message(name, axis, size, mesh_axes, n) -> str:
 
 def param_shardings(state, mesh: Mesh, rules: Mapping[str, MeshAxes] = TRAIN_RULES):
     """NamedShardings for an nnx State of Params (or abstract ones), from their logical_axes."""
+    mesh = auto_mesh(mesh)
     def one(path, var):
         axes = var.get_metadata().get("logical_axes")
         value = var.get_value()
@@ -197,7 +219,7 @@ _RULES: contextvars.ContextVar = contextvars.ContextVar("guard_jax_rules", defau
 @contextlib.contextmanager
 def use_rules(mesh: Mesh, rules: Mapping[str, MeshAxes] = TRAIN_RULES):
     """Activations traced inside get sharding constraints from `rules` on `mesh`."""
-    token = _RULES.set((mesh, rules))
+    token = _RULES.set((auto_mesh(mesh), rules))
     try:
         yield
     finally:
@@ -265,6 +287,7 @@ BATCH_AXES = {
 def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
     """NamedShardings for a batch dict: fields in BATCH_AXES by their logical axes, the rest
     replicated."""
+    mesh = auto_mesh(mesh)
     out = {}
     for k, v in batch.items():
         axes = BATCH_AXES.get(k)
@@ -274,15 +297,17 @@ def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:
 
 
 def put_batch(batch: dict, shardings: dict) -> dict:
-    """Host arrays holding the GLOBAL batch (same on every process) -> global jax Arrays.
+    """Host arrays holding the GLOBAL batch (same on every process) -> global jax Arrays;
+    jax Arrays already on the mesh are resharded where their layout differs.
 
     Each process copies only the slices its own devices hold, so this is also how a
     multi-process job feeds a step. (Per-process data shards go through
     `jax.make_array_from_process_local_data` instead.)"""
     out = {}
     for k, v in batch.items():
-        if isinstance(v, jax.Array):
-            out[k] = v
+        if isinstance(v, jax.Array):  # already global: moved only if laid out otherwise
+            same = v.sharding.is_equivalent_to(shardings[k], v.ndim)
+            out[k] = v if same else jax.device_put(v, shardings[k])
             continue
         v = np.asarray(v)
         out[k] = jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])

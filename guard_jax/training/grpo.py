@@ -194,14 +194,14 @@ def _loss(g: dict, accum: int, model, batch, fused: bool = True):
 
 
 def _jitted(run, graphdef, tx, lora, mesh, state_sh):
-    """(sampler, merge(state), logprobs(params, batch), update(state, batch))."""
+    """(sampler, merge(state), logprobs(params, batch), update(state, batch)). The last two
+    declare their in_shardings: the parameters' or the state's, and the batch's logical axes
+    (`sharding.BATCH_AXES`: rollout rows split like the batch), docs/sharding.md."""
     import functools
-
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from guard_jax.run_config import model_config
     from guard_jax.sampling import Sampler, SamplingParams
-    from guard_jax.training.train_step import build_step
+    from guard_jax.training.train_step import jit_with_batch, make_train_step
 
     g, mc = run.grpo.to_dict(), model_config(run)
     sampler = Sampler(graphdef, SamplingParams(
@@ -209,12 +209,12 @@ def _jitted(run, graphdef, tx, lora, mesh, state_sh):
         pad_token_id=mc.generation_pad_id, temperature=g["temperature"], top_p=g["top_p"],
         top_k=g["top_k"], num_samples=g["num_generations"]), mesh=mesh)
     accum = run.train.global_batch // run.train.micro_batch
-    step = build_step(graphdef, tx, mesh=mesh, loss_fn=functools.partial(_loss, g, accum),
-                      lora=lora)
-    return (sampler, jax.jit(functools.partial(_merged_params, lora)),
-            jax.jit(functools.partial(_logprobs, graphdef, mesh, g["temperature"])),
-            jax.jit(step, donate_argnums=0,
-                    out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec()))))
+    merge = jax.jit(functools.partial(_merged_params, lora), out_shardings=state_sh["params"])
+    logprobs = jit_with_batch(functools.partial(_logprobs, graphdef, mesh, g["temperature"]),
+                              mesh, state_sh["params"])
+    update = make_train_step(graphdef, tx, mesh=mesh, loss_fn=functools.partial(_loss, g, accum),
+                             state_shardings=state_sh, lora=lora)
+    return sampler, merge, logprobs, update
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -365,7 +365,7 @@ class GRPOTrainer:
         for rs, ps in micro_slices(0, data["tokens"].shape[0], size, self.G):
             batch = dict(prompts(ps), completion=data["tokens"][rs],
                          completion_mask=data["mask"][rs])
-            out.append(self._logp(params, self._put(batch)))
+            out.append(self._logp(params, batch))
         return jnp.concatenate(out)
 
     def update(self, data: dict, prompts: PromptInputs, step: int) -> dict:
@@ -390,7 +390,7 @@ class GRPOTrainer:
                                  eps_high=eps_high, denom=denom)
                     if "ref_logp" in data:
                         batch["ref_logp"] = data["ref_logp"][rs]
-                    self.state, metrics = self._update(self.state, self._put(batch))
+                    self.state, metrics = self._update(self.state, batch)
                     # each micro-batch's value is its share of the mini-batch's: add up
                     # (the gradient norm, of one micro-batch's gradient, is averaged)
                     for k, v in metrics.items():

@@ -153,25 +153,41 @@ def build_step(graphdef, tx: optax.GradientTransformation, *, mesh=None, rules=T
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
                     rules=TRAIN_RULES, loss_fn=next_token_loss, state=None,
-                    lora=None) -> Callable:
+                    state_shardings=None, lora=None) -> Callable:
     """A jitted `step(state, batch) -> (state, metrics)`; with a mesh, explicit in/out shardings
-    (from `state`'s arrays and the batch's logical axes) and the state donated."""
+    (from `state`'s arrays, or `state_shardings`, and the batch's logical axes) and the state
+    donated."""
     step = build_step(graphdef, tx, mesh=mesh, rules=rules, loss_fn=loss_fn, lora=lora)
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
-    if state is None:
-        raise ValueError("make_train_step(mesh=...) needs the state to derive its shardings")
-    sh = jax.tree.map(lambda x: x.sharding, state)
+    if state_shardings is None:
+        if state is None:
+            raise ValueError("make_train_step(mesh=...) needs the state (or state_shardings) "
+                             "to derive its shardings")
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jit_with_batch(step, mesh, state_shardings, rules=rules,
+                          out_shardings=(state_shardings, NamedSharding(mesh, P())),
+                          donate_argnums=0)
+
+
+def jit_with_batch(fn, mesh, first_shardings, *, rules=TRAIN_RULES, out_shardings=None,
+                   donate_argnums=()) -> Callable:
+    """`fn(first, batch)` jitted with explicit in_shardings: `first_shardings` for its first
+    argument (the state or the parameters) and, for the batch dict, each field's logical axes
+    (`sharding.BATCH_AXES`; other fields replicated). One program per set of batch fields and
+    shapes; the batch is placed with exactly those shardings first (host arrays, and device
+    arrays whatever layout eager slicing left them in)."""
     compiled = {}
 
-    def run(state, batch):
+    def run(first, batch):
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if key not in compiled:
             b_sh = batch_shardings(batch, mesh, rules)
-            compiled[key] = (b_sh, jax.jit(step, in_shardings=(sh, b_sh),
-                                           out_shardings=(sh, NamedSharding(mesh, P())),
-                                           donate_argnums=0))
-        b_sh, fn = compiled[key]
-        return fn(state, put_batch(batch, b_sh))
+            compiled[key] = (b_sh, jax.jit(fn, in_shardings=(first_shardings, b_sh),
+                                           out_shardings=out_shardings,
+                                           donate_argnums=donate_argnums))
+        b_sh, jitted = compiled[key]
+        return jitted(first, put_batch(batch, b_sh))
 
+    run.compiled = compiled  # for tests: the shardings each program declares
     return run
