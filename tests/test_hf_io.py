@@ -213,10 +213,15 @@ def test_assets_copied(sources, tmp_path):
     out = guard_jax.save_hf(ours, tmp_path / "out", progress=False)
     for fname in ASSETS:
         assert (out / fname).read_bytes() == (src / fname).read_bytes(), fname
-    # an explicit assets_from wins; a model built in JAX has no source unless given one
+    # the source has no video processor config: written from the model config
+    assert json.loads((out / "video_preprocessor_config.json").read_text())["patch_size"] == 14
+    # an explicit assets_from wins; a model built in JAX has no source unless given one, and
+    # then gets no tokenizer but the processor files written from its config
     init = guard_jax.init_model(tiny())
     bare = guard_jax.save_hf(init, tmp_path / "bare", progress=False)
-    assert not any((bare / f).exists() for f in ASSETS)
+    assert not (bare / "tokenizer_config.json").exists()
+    assert {"preprocessor_config.json", "video_preprocessor_config.json",
+            "chat_template.jinja"} <= {p.name for p in bare.iterdir()}
     given = guard_jax.save_hf(init, tmp_path / "given", assets_from=src, progress=False)
     for fname in ASSETS:
         assert (given / fname).read_bytes() == (src / fname).read_bytes(), fname
@@ -379,3 +384,26 @@ def test_jax_init_exports_to_transformers(tmp_path, tie):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ---------------------------------------------------------------------------- meshes
+def test_load_hf_on_a_jax_make_mesh(tmp_path):
+    """jax.make_mesh gives Explicit axes by default; load_hf and generate take such a mesh (as
+    Auto axes) and give the unsharded results; a mesh with other axis names says what to pass."""
+    import jax
+
+    c = tiny()
+    init = guard_jax.init_model(c, seed=5)
+    _perturb(init, seed=6)
+    out = guard_jax.save_hf(init, tmp_path / "out", progress=False)
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}
+    ref = guard_jax.load_hf(out, dtype="float32", progress=False)
+    sharded = guard_jax.load_hf(out, dtype="float32", mesh=mesh, progress=False)
+    ids = np.asarray([[5, 6, 7, 8, 9, 10, 11, 12]] * 2)
+    np.testing.assert_allclose(np.asarray(sharded(ids)), np.asarray(ref(ids)), atol=TOL)
+    kw = dict(attention_mask=np.ones_like(ids), max_new_tokens=4, eos_token_ids=c.eos_token_id)
+    np.testing.assert_array_equal(guard_jax.generate(sharded, ids, mesh=mesh, **kw),
+                                  guard_jax.generate(ref, ids, **kw))
+    with pytest.raises(ValueError, match=r"knows no axis \['x'\].*guard_jax\.sharding\.make_mesh"):
+        guard_jax.load_hf(out, dtype="float32", mesh=jax.make_mesh((8,), ("x",)), progress=False)

@@ -28,7 +28,8 @@ from jax.sharding import NamedSharding
 from guard_jax.models.qwen2_5_vl.model import VISION_KEYS
 from guard_jax.sampling import cache as cache_lib
 from guard_jax.sampling.distribution import choose
-from guard_jax.sharding import SAMPLE_RULES, logical_to_spec, param_shardings, use_rules
+from guard_jax.sharding import (
+    SAMPLE_RULES, auto_mesh, logical_to_spec, param_shardings, use_rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +174,7 @@ class Sampler:
     Compilations are cached per batch shape."""
 
     def __init__(self, graphdef, params: SamplingParams, *, mesh=None, rules=SAMPLE_RULES):
+        mesh = None if mesh is None else auto_mesh(mesh)  # jax.make_mesh's are Explicit
         self.graphdef, self.params, self.mesh, self.rules = graphdef, params, mesh, rules
         self._jitted: dict = {}
 

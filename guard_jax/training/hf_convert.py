@@ -3,8 +3,9 @@
 A training checkpoint records its run config (orbax JSON metadata), which says the model and the
 optimizer; export rebuilds that state's shapes, restores it onto one device's shardings and
 writes the parameters with `save_hf` (tokenizer files copied from the run's tokenizer or base
-model directory). Import loads an HF directory and writes step 0 of a checkpoint that
-`guard-jax train` resumes from. What either refuses: docs/export-import.md.
+model directory; the processor files it lacks written with the run's image pixel limits).
+Import loads an HF directory and writes step 0 of a checkpoint that `guard-jax train` resumes
+from. What either refuses: docs/export-import.md.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ def export_checkpoint(ckpt_dir, out, *, step: int | None = None, dtype: str | No
         params = jax.jit(lambda p, a: merge(p, a, lora))(params, state["lora"])
     model = nnx.merge(graphdef, params)
     assets = run.data.tokenizer_dir or run.model.hf_dir or None
+    # the image processor resizes as the run's data pipeline did (docs/export-import.md)
     return save_hf(model, out, dtype=dtype, assets_from=assets, progress=progress,
-                   overwrite=overwrite)
+                   overwrite=overwrite, min_pixels=run.data.min_pixels,
+                   max_pixels=run.data.max_pixels)
 
 
 def import_hf(hf_dir, out, *, config_path: str | None = None, overrides=(),

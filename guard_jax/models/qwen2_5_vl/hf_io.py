@@ -35,11 +35,12 @@ from guard_jax.models.qwen2_5_vl.config import MissingLocalFile, Qwen25VLConfig
 from guard_jax.models.qwen2_5_vl.hf_keys import (
     IGNORED_KEYS, KeyMap, check_layer_counts, key_maps, normalize_key)
 from guard_jax.models.qwen2_5_vl.model import Qwen25VL, abstract_model
+from guard_jax.models.qwen2_5_vl.processor_files import write_processor_files
 
 ASSET_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
     "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja",
-    "preprocessor_config.json",
+    "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
 )
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 # Written last into every export: marks the directory as one a later export may replace.
@@ -385,13 +386,17 @@ def _remove_replaced(old: Path) -> None:
 
 def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None,
             max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, min_pixels: int | None = None,
+            max_pixels: int | None = None) -> Path:
     """Writes an HF directory that `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads.
 
     Weights go in the hub key layout, in `dtype` (default: the parameters' own dtype), sharded
     at `max_shard_bytes` with an index when more than one file is needed. Tokenizer,
     preprocessor and chat-template files are copied from `assets_from` (default: the directory
-    the model was loaded from, if any). A crash never leaves a complete-looking directory.
+    the model was loaded from, if any); the image and video processor configs and the chat
+    template it lacks are written from the model config (`min_pixels`/`max_pixels`: the image
+    processor's resizing limits, default the training pipeline's), so `AutoProcessor` loads
+    every export. A crash never leaves a complete-looking directory.
     `path` may be new, empty or a previous export; `overwrite` also lets it replace another HF
     directory; anything else is refused (see `check_export_target`).
     """
@@ -428,6 +433,7 @@ def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None
             for fname in ASSET_FILES:
                 if (Path(src) / fname).is_file():
                     shutil.copy2(Path(src) / fname, tmp / fname)
+        write_processor_files(tmp, config, min_pixels=min_pixels, max_pixels=max_pixels)
         _write_json(tmp / EXPORT_MARKER, {"written_by": "guard_jax save_hf",
                                           "files": sorted(p.name for p in tmp.iterdir())})
         check_export_target(path, overwrite=overwrite)  # again: files may have appeared since
