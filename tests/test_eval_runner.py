@@ -14,6 +14,7 @@ from PIL import Image
 from data_pipeline.build import build_dataset
 from data_pipeline.qwen_tokenizer import write_qwen2_5_vl_tokenizer_dir
 from data_pipeline.tokenize import IMAGE_PAD_ID
+from guard_jax.errors import InputError
 from guard_jax.evaluation.generation import decode_outputs, load_tokenizer
 from guard_jax.evaluation.predictions import score_predictions
 from guard_jax.evaluation.runner import (benchmark_specs, check_eval_config, eval_base_config,
@@ -123,15 +124,19 @@ def test_bad_samples_fail_or_are_quarantined(data, tmp_path):
     with pytest.raises(SampleError, match="too_long|prompt tokens"):
         evaluate_config(_config(root, tok_dir, max_prompt_len=180), generate_fn=ScriptedModel(),
                         tokenizer=tok, progress=False)
+    # every image prompt is longer: a benchmark left with no examples is an error naming it
+    with pytest.raises(InputError, match=r"HarmImageTest: benchmark 'HarmImageTest' has no "):
+        evaluate_config(_config(root, tok_dir, max_prompt_len=180, on_error="skip"),
+                        generate_fn=ScriptedModel(), tokenizer=tok, progress=False)
     out = tmp_path / "q"
-    (report,) = evaluate_config(_config(root, tok_dir, max_prompt_len=180, on_error="skip"),
-                                generate_fn=ScriptedModel(), out_dir=out, tokenizer=tok,
+    run = _config(root, tok_dir, max_prompt_len=180, on_error="skip")
+    run.eval.benchmarks = run.eval.benchmarks[:1]  # ToxicChat: one prompt is too long
+    (report,) = evaluate_config(run, generate_fn=ScriptedModel(), out_dir=out, tokenizer=tok,
                                 progress=False)
-    n = sum(report.skipped.values())
-    assert report.skipped == {"too_long": n} and 0 < n < 7  # the image prompts are longer
+    assert report.skipped == {"too_long": 1}
     lines = (out / "quarantine.jsonl").read_text().splitlines()
-    assert len(lines) == n and json.loads(lines[0])["field"] == "input_ids"
-    assert sum(b.n_records for b in report.benchmarks) == 7 - n
+    assert len(lines) == 1 and json.loads(lines[0])["field"] == "input_ids"
+    assert sum(b.n_records for b in report.benchmarks) == 4
 
 
 def test_generate_fn_must_answer_every_row(data):

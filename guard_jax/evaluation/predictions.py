@@ -207,7 +207,7 @@ def score_predictions(path, *, recipe: str, task: str, rule: str = "clean",
         results.append(score_benchmark(
             name, preds, recipe=recipe, task=task, rule=rule,
             modality=(modalities or {}).get(name), group_metric=group_metric,
-            similarity=similarity))
+            similarity=similarity, source=str(f)))
     report = EvalReport(task=canonical_task(task), recipe=recipe, rule=rule, model=model,
                         benchmarks=results, skipped=dict(Counter(e.reason for e in errors)))
     return report, errors

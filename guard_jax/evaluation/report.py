@@ -4,12 +4,15 @@
 The main table has one row per model and the papers' columns: the text benchmarks, Avg (Text),
 then the image and text-image benchmarks, Avg (All); F1 x 100 with two decimals
 (docs/recipes.md#guardreasoner-vl). A details table gives counts, parse failures and the other
-metrics. Plots use matplotlib's Agg canvas directly (no pyplot state, no display needed).
+metrics. Plots use matplotlib's Agg canvas directly (no pyplot state, no display needed); titles
+are wrapped until they fit the figure. Under `guardreasoner-release` the tables and plots say
+how many parse failures were counted twice or dropped, since its counts include them.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from guard_jax.evaluation import benchmarks as bm
@@ -63,16 +66,32 @@ def markdown(reports: list[EvalReport] | EvalReport) -> str:
                 cells.append(f"**{_pct(avg[n]['f1'])}**" if n in avg else "–")
         lines.append("| " + " | ".join(cells) + " |")
     for r in reports:
+        note = _release_note(r)
+        if note:
+            lines += ["", f"{r.model}: {note}"]
+    for r in reports:
         lines += ["", details(r)]
     return "\n".join(lines) + "\n"
 
 
+def _release_note(report: EvalReport) -> str | None:
+    """What the released rule did to the samples, in one sentence (None under other rules)."""
+    if report.rule != "guardreasoner-release":
+        return None
+    doubled = sum(b.n_doubled for b in report.benchmarks)
+    dropped = sum(b.n_dropped for b in report.benchmarks)
+    return (f"under `guardreasoner-release`, {doubled} parse failure{'s' * (doubled != 1)} "
+            f"counted twice (both wrong) and {dropped} dropped; the scores and confusion counts "
+            "include the doubled entries and leave out the dropped samples.")
+
+
 def details(report: EvalReport) -> str:
     release = report.rule == "guardreasoner-release"
+    strict = any(b.strict_rate is not None for b in report.benchmarks)
     head = ["Benchmark", "Modality", "Records", "Weight", "Parse failures", "Precision",
-            "Recall", "F1", "Accuracy", "Strict format", "Mean output tokens"]
+            "Recall", "F1", "Accuracy"] + ["Strict format"] * strict + ["Mean output tokens"]
     if release:
-        head[4:4] = ["Counted twice", "Dropped"]
+        head[4:4] = ["Counted twice", "Dropped", "Scored entries"]
     lines = [f"Details for {report.model}:", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for name in bm.table_order([b.name for b in report.benchmarks]):
@@ -80,12 +99,12 @@ def details(report: EvalReport) -> str:
         s = b.scores
         row = [b.name, b.modality or "?", str(b.n_records), str(b.weight)]
         if release:
-            row += [str(b.n_doubled), str(b.n_dropped)]
-        failed = b.parse_failures
-        rate = failed / (b.n_records - b.n_unlabeled) if b.n_records > b.n_unlabeled else 0.0
-        row += [f"{failed} ({_pct(rate)}%)", _pct(s.precision),
-                _pct(s.recall), _pct(s.f1), _pct(s.accuracy), _pct(b.strict_rate) + "%",
-                "–" if b.mean_output_tokens is None else f"{b.mean_output_tokens:.1f}"]
+            row += [str(b.n_doubled), str(b.n_dropped), str(s.n)]
+        row += [f"{b.parse_failures} ({_pct(b.failure_rate)}%)", _pct(s.precision),
+                _pct(s.recall), _pct(s.f1), _pct(s.accuracy)]
+        if strict:
+            row.append("–" if b.strict_rate is None else f"{_pct(b.strict_rate)}%")
+        row.append("–" if b.mean_output_tokens is None else f"{b.mean_output_tokens:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     extra = []
     for b in report.benchmarks:
@@ -116,18 +135,67 @@ def details(report: EvalReport) -> str:
     return "\n".join(lines + ([""] + extra if extra else []))
 
 
+def _title_room(fig, title) -> tuple[float, float]:
+    """The horizontal span (pixels) a title may use: the figure's, or its axes' grid column."""
+    if title.axes is None:
+        return 0.0, fig.bbox.width
+    spec = title.axes.get_subplotspec()
+    col, ncols = spec.colspan, spec.get_gridspec().ncols
+    return fig.bbox.width * col.start / ncols, fig.bbox.width * col.stop / ncols
+
+
+def _fit_titles(fig, titles) -> None:
+    """Wraps titles (matplotlib Text, centred) until each lies inside the figure and an axes
+    title inside its grid column, so that a long model or benchmark name is never cut off."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    texts = [t.get_text().split("\n") for t in titles]
+    for _ in range(10):  # a wrapped title changes the layout: measure again
+        fig.draw_without_rendering()
+        changed = False
+        for title, lines in zip(titles, texts):
+            box, (lo, hi) = title.get_window_extent(renderer), _title_room(fig, title)
+            if box.x0 >= lo and box.x1 <= hi:
+                continue
+            centre = (box.x0 + box.x1) / 2
+            room = max(2 * min(centre - lo, hi - centre), 1.0)
+            longest = max(len(x) for x in title.get_text().split("\n"))
+            width = max(1, min(longest - 1, int(longest * room / box.width)))
+            title.set_text("\n".join(w for x in lines
+                                      for w in textwrap.wrap(x, width, break_on_hyphens=False)
+                                      or [""]))
+            changed = True
+        if not changed:
+            return
+
+
+def _ordered(report: EvalReport):
+    return [next(b for b in report.benchmarks if b.name == n)
+            for n in bm.table_order([b.name for b in report.benchmarks])]
+
+
+def _failures_label(b) -> str:
+    """How a benchmark's parse failures were counted, for its confusion-matrix title."""
+    if b.rule == "guardreasoner-release":
+        return f"failures: {b.n_doubled} counted twice, {b.n_dropped} dropped"
+    return f"{b.parse_failures} parse failure{'s' * (b.parse_failures != 1)}"
+
+
 def plot_confusion(report: EvalReport, path) -> Path:
+    """One gold x predicted matrix per benchmark (under guardreasoner-release the cells count
+    each doubled failure twice, and the titles say so)."""
     from matplotlib.figure import Figure
     import numpy as np
 
-    bs = [next(b for b in report.benchmarks if b.name == n)
-          for n in bm.table_order([b.name for b in report.benchmarks])]
+    bs = _ordered(report)
     cols = min(4, len(bs))
     rows = -(-len(bs) // cols)
     fig = Figure(figsize=(3.2 * cols, 3.0 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     pos = "refusal" if report.task == "refusal" else "harmful"
     neg = "compliance" if report.task == "refusal" else "unharmful"
+    titles = []
     for ax, b in zip(axes, bs):
         s = b.scores
         m = np.array([[s.tn, s.fp], [s.fn, s.tp]])
@@ -135,27 +203,34 @@ def plot_confusion(report: EvalReport, path) -> Path:
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, str(v), ha="center", va="center",
                     color="white" if v > m.max() / 2 else "black")
-        ax.set_xticks([0, 1], [neg, pos])
-        ax.set_yticks([0, 1], [neg, pos])
+        ax.set_xticks([0, 1], [neg, pos], fontsize=8)
+        ax.set_yticks([0, 1], [neg, pos], fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("gold")
-        ax.set_title(f"{b.name}\nF1 {_pct(s.f1)}, {b.parse_failures} parse failures",
-                     fontsize=9)
+        titles.append(ax.set_title(f"{b.name}\nF1 {_pct(s.f1)}, {_failures_label(b)}",
+                                   fontsize=9))
     for ax in axes[len(bs):]:
         ax.set_axis_off()
-    fig.suptitle(f"{report.model}: {TASK_TITLES[report.task]} ({report.rule})")
+    counted = "; cells count doubled failures twice" if report.rule == "guardreasoner-release" \
+        else ""
+    titles.append(fig.suptitle(f"{report.model}: {TASK_TITLES[report.task]} ({report.rule}"
+                               f"{counted})"))
+    _fit_titles(fig, titles)
     fig.savefig(path, dpi=100)
     return Path(path)
 
 
 def plot_f1_bars(report: EvalReport, path) -> Path:
+    """Per-benchmark F1 bars, then the averages hatched; under guardreasoner-release each label
+    says how many failures were counted twice or dropped."""
     from matplotlib.figure import Figure
 
     colors = {"text": "tab:blue", "image": "tab:orange", "text-image": "tab:green",
               None: "tab:gray"}
-    bs = [next(b for b in report.benchmarks if b.name == n)
-          for n in bm.table_order([b.name for b in report.benchmarks])]
-    labels = [b.name for b in bs]
+    bs = _ordered(report)
+    release = report.rule == "guardreasoner-release"
+    labels = [f"{b.name}\n{b.n_doubled} doubled, {b.n_dropped} dropped" if release else b.name
+              for b in bs]
     values = [100 * b.scores.f1 for b in bs]
     color = [colors.get(b.modality, "tab:gray") for b in bs]
     for m, a in report.averages().items():
@@ -163,17 +238,20 @@ def plot_f1_bars(report: EvalReport, path) -> Path:
             labels.append(_AVG_TITLE[m])
             values.append(100 * a["f1"])
             color.append("black" if m == "all" else colors[m])
-    fig = Figure(figsize=(max(5.0, 0.8 * len(labels) + 2), 4.0), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 0.8 * len(labels) + 2), 4.0 + release), layout="constrained")
     ax = fig.subplots()
     bars = ax.bar(range(len(labels)), values, color=color)
     for k in range(len(bs), len(labels)):
         bars[k].set_hatch("//")
         bars[k].set_alpha(0.6)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right",
+                  fontsize=8 if release else None)
     ax.set_ylabel("F1 (%)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"{report.model}: {TASK_TITLES[report.task]} F1 per benchmark ({report.rule})")
+    title = ax.set_title(f"{report.model}: {TASK_TITLES[report.task]} F1 per benchmark "
+                         f"({report.rule})")
+    _fit_titles(fig, [title])
     fig.savefig(path, dpi=100)
     return Path(path)
 

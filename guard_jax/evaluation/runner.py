@@ -438,7 +438,8 @@ def run_benchmarks(run, generate_fn: GenerateFn, *, tokenizer, out_dir=None, nam
                            preds)
         results.setdefault(spec["task"], []).append(score_benchmark(
             spec["name"], preds, recipe=recipe, task=spec["task"], rule=ev.rule,
-            modality=spec.get("modality"), group_metric=spec.get("group_metric")))
+            modality=spec.get("modality"), group_metric=spec.get("group_metric"),
+            source=spec["path"]))
     reports = [EvalReport(task=t, recipe=recipe, rule=ev.rule, model=name, benchmarks=bs,
                           skipped=dict(skipped.get(t, {}))) for t, bs in results.items()]
     if out is not None and is_writer:
