@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from guard_jax.errors import DEBUG_ENV, EXIT_INPUT, InputError, report_input_error, set_debug
+
 # name -> (module, help). Each module defines `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS = {
     "demo": ("guard_jax.demo", "the main job on its tiny embedded default, end to end on the CPU"),
@@ -33,14 +35,30 @@ def _setup_runtime() -> None:
         pass
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the house format for a bad flag: one line, `guard-jax COMMAND: message`,
+    exit 2 (docs/errors.md). Subcommand parsers are made of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+DEBUG_HELP = (f"on a user error (exit 2) also print the traceback; {DEBUG_ENV}=1 does the same")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="guard-jax",
-        description="JAX training stack for multimodal safety guard models (Qwen2.5-VL).")
+        description="JAX training stack for multimodal safety guard models (Qwen2.5-VL). "
+                    "Exit codes: docs/errors.md.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(p)
+        # also accepted after the command; SUPPRESS keeps a `guard-jax --debug CMD` in place
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=DEBUG_HELP)
         p.set_defaults(_module=module)
     return parser
 
@@ -53,23 +71,26 @@ def main(argv: list[str] | None = None) -> int:
         # `--config.a.b=v` overrides go to commands that take a config (they set `overrides`)
         bad = [r for r in rest if not r.startswith("--config.")]
         if bad or not hasattr(args, "overrides"):
-            parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+            prog = f"guard-jax {args.command}" if getattr(args, "command", None) else "guard-jax"
+            parser.exit(EXIT_INPUT, f"{prog}: unrecognized arguments: {' '.join(bad or rest)} "
+                                    f"(see {prog} --help)\n")
         args.overrides = list(args.overrides) + rest
     if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    set_debug(args.debug)
     if args.command not in HOST_ONLY:
         # Multi-host jobs (explicit variables, SLURM, TPU pods) join before any device work;
         # a single process is left alone.
         from guard_jax import distributed
         distributed.initialize()
     from data_pipeline.schema import DataInputError
-    from guard_jax.errors import EXIT_INPUT, InputError
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except (InputError, DataInputError) as e:  # one line, no traceback (docs/errors.md)
-        print(f"guard-jax {args.command}: {e}", file=sys.stderr)
-        return EXIT_INPUT
+        return report_input_error(args.command, e)
+    # Anything else is a bug: not caught, so Python prints the traceback and exits 1 (and a
+    # multi-process job's watchdog sees the uncaught error, docs/grpo-multihost.md).
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
         [--check-config configs/X.py [--config.a.b=v ...]]
     guard-jax data list
 
-Exit status: 0 on success, 1 when the build stopped on bad input (the message names file,
-record and field) or wrote nothing, 2 on a usage error. See docs/data.md.
+Exit status: 0 on success; 2 on bad input (one line `guard-jax data: ...` naming the argument,
+or the file, record and field); 1 when the build wrote no record. See docs/data.md and
+docs/errors.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import sys
 
 from data_pipeline.limits import DEFAULT_MAX_TEXT_CHARS
+from guard_jax.errors import InputError, report_input_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +61,7 @@ def _parse_options(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+            raise InputError(f"--option expects KEY=VALUE, got {item!r}")
         try:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -73,7 +75,7 @@ def _loader_check(args) -> dict:
     overrides = list(getattr(args, "overrides", []))
     if not args.check_config:
         if overrides:
-            raise ValueError(f"{overrides[0]}: --config.* overrides need --check-config")
+            raise InputError(f"{overrides[0]}: --config.* overrides need --check-config")
         return {}
     from guard_jax.run_config import load_config
     run = load_config(args.check_config, overrides)
@@ -103,19 +105,23 @@ def main(args: argparse.Namespace) -> int:
     if command == "list":
         return _list()
     if command != "build":
-        print("usage: guard-jax data {build,list} ...  (see guard-jax data --help)",
-              file=sys.stderr)
-        return 2
+        return report_input_error("data", InputError(
+            "name an action: build or list (see guard-jax data --help)"))
     from data_pipeline.build import EmptyDatasetError, build_dataset
     from data_pipeline.converters import CONVERTERS
     from data_pipeline.limits import SampleLimits
-    from data_pipeline.schema import SampleError
+    from data_pipeline.schema import DataInputError, SampleError
 
-    if args.name not in CONVERTERS:
-        print(f"error: unknown converter {args.name!r}; known: {', '.join(CONVERTERS)}",
-              file=sys.stderr)
-        return 2
+    # Called directly as well as through guard_jax.cli, so it reports its own bad input. A
+    # converter refuses a bad --option value with a ValueError, hence the wide net here.
     try:
+        if args.name not in CONVERTERS:
+            raise InputError(f"unknown converter {args.name!r}; known: {', '.join(CONVERTERS)}")
+        if args.max_text_chars < 0:
+            raise InputError(f"--max-text-chars {args.max_text_chars} must be >= 0 (0 = no "
+                             "limit)")
+        if args.max_image_pixels is not None and args.max_image_pixels < 1:
+            raise InputError(f"--max-image-pixels {args.max_image_pixels} must be >= 1")
         options = _parse_options(args.option)
         limits = SampleLimits(max_text_chars=args.max_text_chars or None)
         build_dataset(args.name, args.source, args.out, split=args.split, root=args.root,
@@ -123,16 +129,15 @@ def main(args: argparse.Namespace) -> int:
                       embed_images=args.embed_images, overwrite=args.overwrite,
                       progress=not args.no_progress, options=options, limits=limits,
                       **_loader_check(args))
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (InputError, DataInputError, ValueError, FileExistsError, FileNotFoundError,
+            NotADirectoryError, PermissionError) as e:
+        hint = ""
         if isinstance(e, SampleError):
-            print(f"error: bad input ({e.reason}): {e}", file=sys.stderr)
-            if args.on_error == "fail":
-                print("hint: --on-error skip counts and quarantines bad records instead",
-                      file=sys.stderr)
-            return 2  # bad input, like every command (docs/errors.md)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            hint = f" [{e.reason}]"
+            if e.record is not None and args.on_error == "fail":
+                hint += "; --on-error skip counts and quarantines bad records instead"
+        return report_input_error("data", e, hint=hint)  # bad input: exit 2 (docs/errors.md)
     except EmptyDatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"guard-jax data: {e}", file=sys.stderr)
         return 1
     return 0

@@ -29,6 +29,8 @@ import os
 import tempfile
 import time
 
+from guard_jax.errors import InputError
+
 PARITY_TOL = 1e-4
 MIN_F1_GAIN = 0.3  # "clearly better": the after-training F1 must beat the before by this much
 # stage 2: last-10% mean reward minus first-10% (SafeGuard-VL rewards span 0..3; a 6-step
@@ -53,10 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None,
                    help="where data, checkpoints, metrics and exports go (default: a temporary "
                         "directory)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-samples", type=int, default=1600)
-    p.add_argument("--test-samples", type=int, default=200)
-    p.add_argument("--sft-steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data, the model's initial weights and SFT")
+    p.add_argument("--train-samples", type=int, default=1600,
+                   help="synthetic training samples (default 1600)")
+    p.add_argument("--test-samples", type=int, default=200,
+                   help="held-out synthetic samples F1 is measured on (default 200)")
+    p.add_argument("--sft-steps", type=int, default=600, help="SFT optimizer steps (default 600)")
     p.add_argument("--min-f1-gain", type=float, default=MIN_F1_GAIN,
                    help="fail unless F1 after SFT beats F1 before by this much")
     p.add_argument("--rl-steps", type=int, default=60,
@@ -195,7 +200,18 @@ def export_parity(checkpoint: str, out: str, config) -> tuple[float, dict]:
     return float(np.abs(ref.float().numpy() - logits).max()), bad
 
 
+def check_arguments(args) -> None:
+    for flag in ("train_samples", "test_samples", "sft_steps"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
+    if args.rl_steps < 0:
+        raise InputError(f"--rl-steps {args.rl_steps} must be >= 0 (0 skips the RL stage)")
+    if args.workdir and os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise InputError(f"--workdir {args.workdir}: exists and is not a directory")
+
+
 def main(args) -> int:
+    check_arguments(args)
     from data_pipeline import synthetic
     from data_pipeline.local_files import load_tokenizer
     from guard_jax.models.qwen2_5_vl import init_model, save_hf

@@ -10,8 +10,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the checkpoint directory to write (step 0)")
     p.add_argument("--config", default=None,
                    help="the run config whose optimizer state to create (default: base)")
-    p.add_argument("--dtype", default="float32", help="parameter dtype without --config")
-    p.set_defaults(overrides=[])
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="parameter dtype without --config (default: float32)")
+    p.set_defaults(overrides=[])  # --config.a.b=value arguments land here (see cli.py)
 
 
 def main(args) -> int:

@@ -61,6 +61,8 @@ def parse_target(target: str) -> tuple[str, int, float]:
     if not m:
         raise InputError(f"--target {target!r}: use e.g. v5p-32, v6e-8, tpu7x-8, h100x8 or "
                          "h200x8")
+    if int(m.group(2) or m.group(4)) < 1:
+        raise InputError(f"--target {target!r}: the size must be >= 1")
     if m.group(1):
         chip, n = m.group(1), int(m.group(2))
         hbm, cores = CHIPS[chip]
@@ -330,6 +332,8 @@ def main(args) -> int:
     tpu = chip not in GPUS
     if args.slices != 1 and not tpu:
         raise InputError("--slices is for TPU targets")
+    if args.slices < 1:
+        raise InputError(f"--slices {args.slices} must be >= 1")
     n_devices *= args.slices
     if tpu and not args.compiled:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # topology descriptions need no TPU
@@ -339,8 +343,10 @@ def main(args) -> int:
         flags = os.environ.get("XLA_FLAGS", "")
         flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_devices}"
-    from guard_jax.run_config import load_config
+    from guard_jax.run_config import check_mesh, load_config
     run = load_config(args.config, args.overrides)
+    check_mesh(run, n_devices, f"--target {args.target}"
+               f"{f' x {args.slices} slices' if args.slices > 1 else ''} ({args.config})")
     plan = arithmetic_plan(run, n_devices)
     compiled = None
     if args.compiled:

@@ -2,7 +2,9 @@
 
 A config file returns a ConfigDict built on `base_config()`; the command line overrides single
 fields with `--config.a.b=value`. Unknown or mistyped keys are errors that list the valid keys,
-and values keep their types (an int field does not silently become a string).
+and values keep their types (an int field does not silently become a string). Every problem
+with a config (a missing or broken file, an unknown key, a value of the wrong type or out of
+range) is an `InputError` naming the file and key: one line and exit 2 (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -10,10 +12,20 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 
 from ml_collections import ConfigDict
 
+from guard_jax.errors import InputError
+
 TRAINERS = ("sft", "grpo")
+
+
+class ConfigKeyError(InputError, KeyError):
+    """An unknown config key or section (still a KeyError for callers that catch one)."""
+
+    def __str__(self) -> str:  # the message itself, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
 
 
 def base_config() -> ConfigDict:
@@ -139,7 +151,7 @@ def load_config(path: str, overrides: list[str] | None = None) -> ConfigDict:
     check_keys(config, base_config(), where=path)
     for item in overrides or []:
         apply_override(config, item)
-    validate(config)
+    validate(config, where=f"{path}{' with --config.* overrides' if overrides else ''}")
     config.lock()
     return config
 
@@ -150,25 +162,35 @@ def config_from_file(path) -> ConfigDict:
     "x.py"))`."""
     path = str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise InputError(f"config file {path} does not exist")
     spec = importlib.util.spec_from_file_location(
         "guard_jax_config_" + os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path}: defines no get_config()")
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise InputError(f"config file {path}: defines no get_config()")
+        config = module.get_config()
+    except InputError:
+        raise
+    except Exception as e:  # the file's own code failed: a user error in that file
+        raise InputError(f"config file {path}: {type(e).__name__}: {e} (guard-jax --debug "
+                         "shows where)") from e
+    if not isinstance(config, ConfigDict):
+        raise InputError(f"config file {path}: get_config() returned {type(config).__name__}, "
+                         "not a ConfigDict (start from base_config() or recipe_config())")
+    return config
 
 
 def check_keys(config: ConfigDict, reference: ConfigDict, where: str, prefix: str = "") -> None:
     for key in config.keys():
         full = f"{prefix}{key}"
         if key not in reference:
-            raise KeyError(f"{where}: unknown config key {full!r}; valid keys here: "
-                           f"{sorted(reference.keys())}")
+            raise ConfigKeyError(f"{where}: unknown config key {full!r}; valid keys here: "
+                                 f"{sorted(reference.keys())}")
         if isinstance(reference[key], ConfigDict):
             if not isinstance(config[key], ConfigDict):
-                raise TypeError(f"{where}: {full!r} must be a section, got {config[key]!r}")
+                raise InputError(f"{where}: {full!r} must be a section, got {config[key]!r}")
             check_keys(config[key], reference[key], where, prefix=f"{full}.")
 
 
@@ -176,19 +198,20 @@ def apply_override(config: ConfigDict, item: str) -> None:
     """'--config.a.b=v' or 'a.b=v'."""
     text = item[len("--config."):] if item.startswith("--config.") else item
     if "=" not in text:
-        raise ValueError(f"override {item!r} must look like --config.section.key=value")
+        raise InputError(f"override {item!r} must look like --config.section.key=value")
     path, raw = text.split("=", 1)
     node = config
     parts = path.split(".")
     for i, p in enumerate(parts[:-1]):
         if p not in node or not isinstance(node[p], ConfigDict):
-            raise KeyError(f"unknown config section {'.'.join(parts[:i + 1])!r}; valid: "
-                           f"{sorted(k for k in node.keys() if isinstance(node[k], ConfigDict))}")
+            raise ConfigKeyError(
+                f"--config.{path}: unknown config section {'.'.join(parts[:i + 1])!r}; valid: "
+                f"{sorted(k for k in node.keys() if isinstance(node[k], ConfigDict))}")
         node = node[p]
     key = parts[-1]
     if key not in node:
-        raise KeyError(f"unknown config key {path!r}; valid keys in this section: "
-                       f"{sorted(node.keys())}")
+        raise ConfigKeyError(f"unknown config key --config.{path}; valid keys in this section: "
+                             f"{sorted(node.keys())}")
     old = node[key]
     node[key] = _coerce(raw, old, path)
 
@@ -198,24 +221,104 @@ def _coerce(raw: str, old, path: str):
         return raw
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"--config.{path}={raw!r}: expected a {type(old).__name__}") from None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise InputError(f"--config.{path}={raw!r}: expected a {type(old).__name__}") from None
     if isinstance(old, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"--config.{path}={raw!r}: expected True or False")
+            raise InputError(f"--config.{path}={raw!r}: expected True or False")
         return value
     if isinstance(old, float) and isinstance(value, int):
         return float(value)
     if old is not None and not isinstance(value, type(old)):
-        raise ValueError(f"--config.{path}={raw!r}: expected a {type(old).__name__}, got "
+        raise InputError(f"--config.{path}={raw!r}: expected a {type(old).__name__}, got "
                          f"{type(value).__name__}")
     return value
 
 
-def validate(c: ConfigDict) -> None:
+# Keys that must be >= 1 (sizes, step counts, divisors) or >= 0, checked before anything divides
+# by them. The GRPO sizes are here too because the divisibility checks below use them for any
+# trainer.
+AT_LEAST_1 = ("train.global_batch", "train.micro_batch", "train.steps", "train.log_every",
+              "train.checkpoint_every", "train.keep_checkpoints", "data.seq_len",
+              "data.min_pixels", "data.max_pixels", "grpo.num_generations",
+              "grpo.prompts_per_step", "grpo.rollout_chunk_prompts")
+AT_LEAST_0 = ("data.images_per_sample", "data.worker_count", "optim.warmup_steps", "lora.rank",
+              "optim.lr", "optim.weight_decay")
+ON_ERROR = ("fail", "skip")
+
+
+def _get(c: ConfigDict, key: str):
+    section, name = key.split(".")
+    return c[section][name]
+
+
+def _range_errors(c: ConfigDict) -> list[str]:
+    errs = [f"{k}={_get(c, k)!r} must be >= 1" for k in AT_LEAST_1 if not _get(c, k) >= 1]
+    errs += [f"{k}={_get(c, k)!r} must be >= 0" for k in AT_LEAST_0 if not _get(c, k) >= 0]
+    axes = {k: c.mesh[k] for k in c.mesh.keys()}
+    bad = [k for k, v in axes.items() if not (v >= 1 or v == -1)]
+    errs += [f"mesh.{k}={axes[k]!r} must be >= 1, or -1 for the remaining devices" for k in bad]
+    if sum(v == -1 for v in axes.values()) > 1:
+        errs.append("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    for key in ("data.on_error", "eval.on_error"):
+        if _get(c, key) not in ON_ERROR:
+            errs.append(f"{key}={_get(c, key)!r}; choose one of {ON_ERROR}")
+    # SFT counts warmup in train.steps; GRPO in optimizer updates (several per step)
+    if not errs and c.trainer == "sft" and c.optim.warmup_steps > c.train.steps:
+        errs.append(f"optim.warmup_steps={c.optim.warmup_steps} exceeds train.steps="
+                    f"{c.train.steps}")
+    if c.data.buckets:
+        try:
+            buckets = [int(x) for x in str(c.data.buckets).split(",") if x.strip()]
+        except ValueError:
+            buckets = None
+        if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1:
+            errs.append(f"data.buckets={c.data.buckets!r}: expected increasing sequence lengths "
+                        "separated by commas")
+        elif not errs and buckets[-1] > c.data.seq_len:
+            errs.append(f"data.buckets={c.data.buckets!r} exceed data.seq_len={c.data.seq_len}")
+    if not errs and c.data.min_pixels > c.data.max_pixels:
+        errs.append(f"data.min_pixels={c.data.min_pixels} exceeds data.max_pixels="
+                    f"{c.data.max_pixels}")
+    return errs
+
+
+def _choice_errors(c: ConfigDict) -> list[str]:
+    from guard_jax.models.qwen2_5_vl.config import REMAT_POLICIES
+    from guard_jax.training.optim import SCHEDULES
     errs = []
+    if c.optim.name != "adamw":
+        errs.append(f"optim.name={c.optim.name!r}; only adamw is implemented")
+    if c.optim.schedule not in SCHEDULES:
+        errs.append(f"optim.schedule={c.optim.schedule!r}; choose one of {SCHEDULES}")
+    if c.model.remat not in REMAT_POLICIES:
+        errs.append(f"model.remat={c.model.remat!r}; choose one of {REMAT_POLICIES}")
+    for key in ("optim.freeze", "lora.targets"):
+        try:
+            re.compile(_get(c, key))
+        except re.error as e:
+            errs.append(f"{key}={_get(c, key)!r} is not a regular expression ({e})")
+    return errs
+
+
+def check_mesh(c: ConfigDict, n_devices: int, where: str) -> None:
+    """The config's mesh.* against `n_devices` (`where` says whose devices, for the message)."""
+    from guard_jax.sharding import MeshConfig
+    try:
+        MeshConfig(c.mesh.data, c.mesh.fsdp, c.mesh.tensor).resolve(n_devices)
+    except ValueError as e:
+        raise InputError(f"config keys mesh.*: {e} of {where}") from e
+
+
+def validate(c: ConfigDict, where: str = "") -> None:
+    """Raises one InputError listing every problem of the config, each naming its key."""
+    prefix = f"invalid config{' ' + where if where else ''}: "
+    errs = _range_errors(c)
     if c.trainer not in TRAINERS:
         errs.append(f"trainer={c.trainer!r}; choose one of {TRAINERS}")
+    errs += _choice_errors(c)
+    if errs:  # the checks below divide by these sizes
+        raise InputError(prefix + "; ".join(errs))
     if c.train.global_batch % c.train.micro_batch:
         errs.append(f"train.global_batch {c.train.global_batch} is not a multiple of "
                     f"train.micro_batch {c.train.micro_batch}")
@@ -228,7 +331,7 @@ def validate(c: ConfigDict) -> None:
     if c.trainer == "grpo":
         errs += _grpo_errors(c)
     if errs:
-        raise ValueError("invalid config: " + "; ".join(errs))
+        raise InputError(prefix + "; ".join(errs))
 
 
 GRPO_CHOICES = {"kl_penalty": ("low_var_kl", "kl"),

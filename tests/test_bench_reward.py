@@ -37,5 +37,6 @@ def test_bench_reward_tiny(tmp_path, capsys):
 
 def test_bench_reward_rejects_unknown_recipe():
     import pytest
-    with pytest.raises(SystemExit, match="unknown recipes"):
+    from guard_jax.errors import InputError
+    with pytest.raises(InputError, match="unknown recipes"):
         main(parse_bench(["reward", "--recipes", "llamaguard"]))

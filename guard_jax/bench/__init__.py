@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     module = getattr(args, "_bench_module", None)
-    if module is None:
-        print("guard-jax bench: name a benchmark: " + ", ".join(BENCHES))
-        return 2
+    if module is None:  # reported here too: the bench tests call this main directly
+        from guard_jax.errors import InputError, report_input_error
+        return report_input_error("bench", InputError("name a benchmark: " + ", ".join(BENCHES)))
     return int(importlib.import_module(module).main(args) or 0)
 
 

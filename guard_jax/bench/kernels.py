@@ -16,9 +16,10 @@ import time
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=448, help="one square image per sequence "
                    "(0 = text only)")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per kernel (10)")
     p.add_argument("--compare-preset", default="small", help="model (tiny|small|3b|7b)")
-    p.add_argument("--compare-seq-len", type=int, default=2048)
+    p.add_argument("--compare-seq-len", type=int, default=2048,
+                   help="tokens per sequence of the compared train step (2048)")
     p.add_argument("--json", default=None, help="write the numbers to this file")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from guard_jax.bench import flops as flops_lib
+from guard_jax.errors import InputError
 from guard_jax.models.qwen2_5_vl.config import PRESETS, Qwen25VLConfig, REMAT_POLICIES
 
 CONFIG_SIZES = ("small", "3b", "7b", "tiny")
@@ -116,7 +117,7 @@ def image_grid(c: Qwen25VLConfig, image_size: int) -> list[int] | None:
         return None
     unit = c.vision.patch_size * c.vision.spatial_merge_size
     if image_size % unit:
-        raise ValueError(f"--image-size {image_size} must be a multiple of {unit}")
+        raise InputError(f"--image-size {image_size} must be a multiple of {unit}")
     g = image_size // c.vision.patch_size
     return [1, g, g]
 
@@ -136,7 +137,7 @@ def make_inputs(c: Qwen25VLConfig, seq_len: int, image_size: int, batch: int = 1
     if grid is not None:
         n_tok = grid[0] * grid[1] * grid[2] // c.vision.merge_unit
         if seq_len < n_tok + 4:
-            raise ValueError(f"--seq-len {seq_len} is too short for a {image_size}px image "
+            raise InputError(f"--seq-len {seq_len} is too short for a {image_size}px image "
                              f"({n_tok} image tokens + 4)")
         ids[:, 1] = c.vision_start_token_id
         ids[:, 2:2 + n_tok] = c.image_token_id

@@ -15,6 +15,8 @@ import json
 import statistics
 import time
 
+from guard_jax.errors import InputError
+
 RECIPES = ("guardreasoner_vl", "proguard", "safeguard_vl")
 WORDS = ("the", "image", "shows", "a", "request", "for", "weapons", "which", "is", "policy",
          "harmful", "because", "user", "asks", "how", "to", "safe", "content", "response",
@@ -22,7 +24,8 @@ WORDS = ("the", "image", "shows", "a", "request", "for", "weapons", "which", "is
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sequences", type=int, default=512)
+    p.add_argument("--sequences", type=int, default=512,
+                   help="completions scored per round (512)")
     p.add_argument("--tokens", type=int, default=1024, help="completion length in tokens")
     p.add_argument("--recipes", default=",".join(RECIPES),
                    help=f"comma-separated subset of {', '.join(RECIPES)}")
@@ -115,7 +118,7 @@ def main(args) -> int:
     recipes = [r for r in args.recipes.split(",") if r]
     bad = [r for r in recipes if r not in RECIPES]
     if bad:
-        raise SystemExit(f"guard-jax bench reward: unknown recipes {bad}; known: {RECIPES}")
+        raise InputError(f"--recipes: unknown recipes {bad}; known: {RECIPES}")
     if args.tokenizer_dir:
         from data_pipeline.local_files import load_tokenizer
         tok = load_tokenizer(args.tokenizer_dir, key="--tokenizer-dir")

@@ -27,6 +27,7 @@ import numpy as np
 
 from guard_jax.bench.model_bench import (
     cpu_cores, describe, make_config, make_inputs, progress, summarize)
+from guard_jax.errors import InputError
 
 # Peak memory bandwidth per chip, bytes/s (vendor figures). Matched against jax's device_kind,
 # lower-cased, in this order.
@@ -61,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--image-size", type=int, default=0,
       help="side in pixels of one square image per prompt (a multiple of 28; 0 = text only)")
     a("--temperature", type=float, default=0.0, help="0 = greedy on both sides (0)")
-    a("--dtype", choices=("float32", "bfloat16"), default="float32")
+    a("--dtype", choices=("float32", "bfloat16"), default="float32",
+      help="parameter and compute dtype, both sides (float32)")
     a("--repeats", type=int, default=3, help="timed calls per side after one warm-up (3)")
     a("--threads", type=int, default=0, help="torch intra-op threads (default: all cores)")
     a("--skip-torch", action="store_true",
@@ -206,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
 
     c = make_config(args.config_size, args.dtype)
     if args.num_samples > 1 and args.temperature == 0 and not args.skip_torch:
-        raise SystemExit("--num-samples > 1 needs --temperature > 0 (transformers' greedy "
+        raise InputError("--num-samples > 1 needs --temperature > 0 (transformers' greedy "
                          "generate returns one sequence per prompt)")
     inputs = make_inputs(c, args.prompt_len, args.image_size, args.batch)
     no_eos = c.text.vocab_size  # never generated: every row runs to max_new_tokens

@@ -33,6 +33,7 @@ import numpy as np
 from guard_jax.bench import flops as flops_lib
 from guard_jax.bench.model_bench import (
     _fmt_s, _table, cpu_cores, describe, image_grid, progress, summarize, time_steps)
+from guard_jax.errors import InputError
 
 DEFAULT_CONFIG = "configs/tiny_sft.py"
 DEFAULT_MFU_CONFIG = "configs/guardreasoner_vl_sft_3b.py"
@@ -91,7 +92,7 @@ def synthetic_batch(mc, *, batch: int, seq_len: int, images_per_sample: int, ima
     from data_pipeline.loader import LoaderConfig, pad_batch
 
     if not 0.0 < min_fill <= 1.0:
-        raise ValueError(f"--min-fill {min_fill} must be in (0, 1]")
+        raise InputError(f"--min-fill {min_fill} must be in (0, 1]")
     rng = np.random.default_rng(seed)
     grid = image_grid(mc, image_size) if images_per_sample else None
     n_patch = int(np.prod(grid)) if grid else 0
@@ -103,7 +104,7 @@ def synthetic_batch(mc, *, batch: int, seq_len: int, images_per_sample: int, ima
     high = min(min(specials), mc.text.vocab_size)
     shortest = len(image_part) + 4
     if seq_len < shortest:
-        raise ValueError(f"data.seq_len {seq_len} cannot hold {images_per_sample} image(s) of "
+        raise InputError(f"data.seq_len {seq_len} cannot hold {images_per_sample} image(s) of "
                          f"{image_size} px ({len(image_part)} tokens) and a target")
     n_images = images_per_sample if grid else 0
     examples = []
@@ -460,7 +461,7 @@ def side_by_side(args, run, res: dict[str, Any]) -> None:
     mc = model_config(run)
     problems = [] if args.skip_torch else torch_peer_problems(run, mc)
     if problems:
-        raise SystemExit("bench sft: the torch peer cannot mirror " + "; ".join(problems)
+        raise InputError("the torch peer cannot mirror " + "; ".join(problems)
                          + " (use --skip-torch to time ours alone)")
     lb = synthetic_batch(mc, batch=run.train.micro_batch, seq_len=run.data.seq_len,
                          images_per_sample=run.data.images_per_sample,
@@ -475,7 +476,7 @@ def side_by_side(args, run, res: dict[str, Any]) -> None:
     if device == "cuda" and not args.skip_torch:
         import torch
         if not torch.cuda.is_available():
-            raise SystemExit("bench sft: jax runs on the GPU but this torch has no CUDA; use "
+            raise InputError("jax runs on the GPU but this torch has no CUDA; use "
                              "--skip-torch (or --mfu --mfu-only)")
     with tempfile.TemporaryDirectory(prefix="bench_sft_") as tmp:
         export = None if args.skip_torch else os.path.join(tmp, "hf")
@@ -526,7 +527,7 @@ def main(args: argparse.Namespace) -> int:
             res["mfu"] = {"skipped": f"no GPU (backend {jax.default_backend()})"}
         else:
             if not os.path.isfile(args.mfu_config):
-                raise SystemExit(f"bench sft --mfu: {args.mfu_config} does not exist; name a "
+                raise InputError(f"--mfu-config {args.mfu_config} does not exist; name a "
                                  "3B SFT config with --mfu-config (or configs/tiny_sft.py with "
                                  "--mfu-set model.preset=3b --mfu-set model.dtype=bfloat16 ...)")
             mrun = load_config(args.mfu_config, args.mfu_set)
