@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.converters import converter_options, get_converter
+from data_pipeline.converters import CONVERTERS, converter_options, get_converter
 from data_pipeline.image_validation import ImagePolicy
 from data_pipeline.limits import SampleLimits
 from data_pipeline.schema import DataInputError, Sample, SampleError
@@ -91,6 +91,9 @@ def _builder_class():
     class GuardSamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Samples of one converter; one config per converter name."""
         VERSION = tfds.core.Version(VERSION)
+        # Declared, so tfds takes the config by name instead of warning about a custom one.
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f"converter {n}")
+                           for n in sorted(CONVERTERS)]
 
         # tfds looks for the builder's source through `importlib_resources` when the class lives
         # in a package, a module this environment lacks; the plain file path is what it wants.
@@ -111,6 +114,15 @@ def _builder_class():
                     "id": tfds.features.Text(),
                     "record": tfds.features.Tensor(shape=(), dtype=np.object_)}),
                 disable_shuffling=True, metadata=tfds.core.MetadataDict(self._meta))
+
+        # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded
+        # and prepared" to stdout on every build; nothing is downloaded here and the build
+        # prints its own summary (docs/data.md), so both stay silent.
+        def _log_download_bytes(self):
+            pass
+
+        def _log_download_done(self):
+            pass
 
         def _split_generators(self, dl_manager):
             return {self._split: self._generate_examples()}
@@ -296,8 +308,7 @@ def _write(examples, out: Path, name: str, split: str, metadata: dict[str, Any])
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # ours counts records; tfds' bars would only repeat it
     builder = _builder_class()(
-        examples=examples, split=split, metadata=metadata, data_dir=str(out),
-        config=tfds.core.BuilderConfig(name=name, description=f"converter {name}"),
+        examples=examples, split=split, metadata=metadata, data_dir=str(out), config=name,
         file_format="array_record")
     with tempfile.TemporaryDirectory(prefix="guard_jax_dl_") as downloads:
         # No downloads happen, but tfds would otherwise create `out/downloads`.

@@ -11,7 +11,8 @@ CONFIG = "configs/tiny_sft.py"
 def test_plan_agrees_with_compiled_memory_analysis():
     # float32 compute: XLA's CPU backend widens bf16 temporaries, which a GPU/TPU does not
     run = load_config(CONFIG, ["--config.model.preset=small", "--config.data.seq_len=1024",
-                               "--config.model.remat=full", "--config.data.max_pixels=50176"])
+                               "--config.model.remat=full", "--config.data.max_pixels=50176",
+                               "--config.mesh.data=2", "--config.mesh.tensor=2"])
     p = plan.arithmetic_plan(run, 8)
     compiled = plan.compiled_plan(run, p.mesh)
     arith = p.phase_totals()["train step"]
