@@ -53,14 +53,20 @@ def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 
 def build_loader(run, model_config, *, tokenizer_dir: str):
     from data_pipeline.build import open_source
     from data_pipeline.loader import make_loader
+    from guard_jax.training.global_loader import GlobalLoader
 
     if not run.data.path:
         raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
                          "build` (--config.data.path=DIR)")
-    cfg = loader_config(run, pad_id=model_config.generation_pad_id,
-                        shard_index=jax.process_index(), shard_count=jax.process_count())
-    return make_loader(open_source(run.data.path, run.data.split), cfg,
-                       tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
+    source, pad_id = open_source(run.data.path, run.data.split), model_config.generation_pad_id
+
+    def make(index, count):
+        return make_loader(source, loader_config(run, pad_id=pad_id, shard_index=index,
+                                                 shard_count=count),
+                           tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
+    # every process reads its share; each micro-batch is gathered into the global one
+    return GlobalLoader(make, jax.process_count(), jax.process_index(),
+                        pad_values={"input_ids": pad_id})
 
 
 def initial_model(run, mc, mesh):
@@ -126,8 +132,8 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
                            total_steps=total_micro, initial_step=start)
     timer = StepTimer()
     last = {}
-    # Which samples each micro-step saw (this process's share): audits the data order, also
-    # across a resume (steps re-run after a crash appear again, the later line wins).
+    # Which samples each micro-step saw (all processes' rows, in order): audits the data order,
+    # also across a resume (steps re-run after a crash appear again, the later line wins).
     order = (open(os.path.join(workdir, "data_order.jsonl"), "a")
              if jax.process_index() == 0 else None)
     try:
