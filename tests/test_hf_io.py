@@ -407,3 +407,28 @@ def test_load_hf_on_a_jax_make_mesh(tmp_path):
                                   guard_jax.generate(ref, ids, **kw))
     with pytest.raises(ValueError, match=r"knows no axis \['x'\].*guard_jax\.sharding\.make_mesh"):
         guard_jax.load_hf(out, dtype="float32", mesh=jax.make_mesh((8,), ("x",)), progress=False)
+
+
+def test_train_step_on_a_jax_make_mesh():
+    """The train state and step take a jax.make_mesh mesh (Explicit axes) too, and step like
+    guard_jax.sharding.make_mesh's."""
+    import jax
+    import optax
+
+    from guard_jax.sharding import make_mesh
+    from guard_jax.training.train_step import init_train_state, make_train_step
+    c = tiny()
+    ids = np.asarray([[5, 6, 7, 8, 9, 10, 11, 12]] * 4)
+    batch = dict(guard_jax.init_model(c, seed=0).prepare_inputs(ids),
+                 labels=np.roll(ids, -1, 1), loss_mask=np.ones_like(ids))
+    losses = []
+    for mesh in (jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor")),
+                 make_mesh({"data": 2, "fsdp": 2, "tensor": 2})):
+        tx = optax.sgd(0.1)
+        graphdef, state = init_train_state(guard_jax.init_model(c, seed=0), tx, mesh)
+        step = make_train_step(graphdef, tx, mesh=mesh, state=state)
+        state, m1 = step(state, batch)
+        _, m2 = step(state, batch)
+        losses.append([float(m1["loss"]), float(m2["loss"])])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+    assert losses[0][1] < losses[0][0]

@@ -17,8 +17,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from guard_jax.models.qwen2_5_vl.model import FORWARD_KEYS
-from guard_jax.sharding import (TRAIN_RULES, batch_shardings, param_shardings, put_batch,
-                               use_rules)
+from guard_jax.sharding import (TRAIN_RULES, auto_mesh, batch_shardings, param_shardings,
+                               put_batch, use_rules)
 from guard_jax.training import lora as lora_lib
 from guard_jax.training.head_loss import head_cross_entropy
 
@@ -81,6 +81,7 @@ def init_train_state(model, tx: optax.GradientTransformation, mesh=None, rules=T
 def state_shardings(params, tx, mesh, rules=TRAIN_RULES, *, lora=None):
     """Shardings of the train state: optimizer moments follow what they optimise (the
     parameters, or the replicated LoRA adapters)."""
+    mesh = auto_mesh(mesh)  # a jax.make_mesh mesh too (docs/sharding.md)
     p_sh = param_shardings(params, mesh, rules)
     replicated = NamedSharding(mesh, P())
     if lora is None:
@@ -157,6 +158,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
     """A jitted `step(state, batch) -> (state, metrics)`; with a mesh, explicit in/out shardings
     (from `state`'s arrays, or `state_shardings`, and the batch's logical axes) and the state
     donated."""
+    if mesh is not None:
+        mesh = auto_mesh(mesh)
     step = build_step(graphdef, tx, mesh=mesh, rules=rules, loss_fn=loss_fn, lora=lora)
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
@@ -179,15 +182,20 @@ def jit_with_batch(fn, mesh, first_shardings, *, rules=TRAIN_RULES, out_sharding
     arrays whatever layout eager slicing left them in)."""
     compiled = {}
 
-    def run(first, batch):
+    def program(batch):
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if key not in compiled:
             b_sh = batch_shardings(batch, mesh, rules)
             compiled[key] = (b_sh, jax.jit(fn, in_shardings=(first_shardings, b_sh),
                                            out_shardings=out_shardings,
                                            donate_argnums=donate_argnums))
-        b_sh, jitted = compiled[key]
+        return compiled[key]
+
+    def run(first, batch):
+        b_sh, jitted = program(batch)
         return jitted(first, put_batch(batch, b_sh))
 
+    # ahead-of-time compilation (guard_jax/aot.py) lowers on abstract arguments
+    run.lower = lambda first, batch: program(batch)[1].lower(first, batch)
     run.compiled = compiled  # for tests: the shardings each program declares
     return run
