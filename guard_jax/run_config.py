@@ -88,25 +88,49 @@ def base_config() -> ConfigDict:
         top_p=1.0,
         top_k=0,  # 0 = off
         kl_coef=0.0,  # KL loss coefficient (verl kl_loss_coef); > 0 keeps a frozen reference
-        kl_penalty="low_var_kl",  # low_var_kl (k3) | kl (k1): the KL loss estimator
-        kl_in_reward_coef=0.0,  # verl use_kl_in_reward + kl_ctrl.kl_coef (k1 estimator)
+        # the KL loss estimator: kl/k1 | abs | mse/k2 | low_var_kl/k3, each also NAME+
+        # (straight through: NAME's value, k2's gradient); training/rl/kl.py
+        kl_penalty="low_var_kl",
+        kl_in_reward_coef=0.0,  # verl use_kl_in_reward + kl_ctrl.kl_coef (its start value)
+        kl_in_reward_penalty="kl",  # the estimator of the KL in the reward (verl kl_penalty)
+        kl_ctrl_type="fixed",  # fixed | adaptive (verl kl_ctrl.type): the in-reward coefficient
+        kl_target=0.1,  # adaptive: the KL the controller steers to (verl kl_ctrl.target_kl)
+        kl_horizon=10000,  # adaptive: its horizon in rollouts (verl kl_ctrl.horizon)
+        adv_estimator="grpo",  # grpo | dr_grpo | rloo | reinforce_plus_plus |
+        # reinforce_plus_plus_baseline (training/rl/advantages.py)
+        policy_loss="vanilla",  # vanilla (PPO clip) | gspo | gspo_token | cispo | kl_cov
+        kl_cov_ratio=0.0002,  # kl_cov: the fraction of tokens with the KL term
+        ppo_kl_coef=0.1,  # kl_cov: the coefficient of |logp - old| on those tokens
         num_epochs=1,  # PPO epochs over each rollout batch (ppo_epochs)
         clip_ratio_low=0.2,
         clip_ratio_high=0.2,  # 0.28 = DAPO's clip-higher
         clip_ratio_dual=0.0,  # dual-clip c (verl clip_ratio_c, 3.0); 0 = off
         clip_schedule="constant",  # constant | linear (GuardReasoner-VL paper) | compound
         entropy_coeff=0.0,
-        loss_agg_mode="token-mean",  # token-mean | seq-mean-token-mean
+        # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+        loss_agg_mode="token-mean",
+        loss_scale_factor=0.0,  # seq-mean-token-sum-norm's constant; 0 = max_new_tokens
         norm_adv_by_std=True,  # (r - mean) / (std + eps); False: r - mean
         adv_eps=1e-6,
         # off | mask | overgenerate | regenerate (docs/grpo.md#dynamic-sampling)
         dynamic_sampling="off",
-        filter_key="total",  # the reward term whose equal-in-group values make a group
-        # degenerate
+        filter_key="total",  # the reward term the filter reads; "final" = the reward after
+        # the overlong and KL-in-reward penalties
+        filter_by="std",  # std: keep groups whose rewards differ (DAPO) | mean: keep groups
+        # whose mean lies inside (filter_low, filter_high) (EasyR1)
+        filter_low=0.01,
+        filter_high=0.99,
         overgenerate_factor=1.5,  # overgenerate: roll out ceil(k * prompts_per_step) prompts
         max_regenerations=3,  # regenerate: extra rollout batches at most (then train on what
         # exists, masked, and log it)
         mask_truncated=False,  # responses without an EOS get no loss
+        overlong_buffer_len=0,  # DAPO's soft overlong penalty over the last N tokens; 0 = off
+        overlong_penalty_factor=1.0,  # its value at max_new_tokens is -factor
+        # rollout-training mismatch correction (training/rl/rollout_correction.py):
+        rollout_is="",  # "" = off | token | sequence: importance ratio pi_old / pi_sampler
+        rollout_is_mode="truncate",  # truncate (TIS: min(ratio, C)) | mask (MIS)
+        rollout_is_threshold=2.0,  # C
+        rollout_is_threshold_lower=0.0,  # mask: the lower bound; 0 = 1 / C
         logprob_micro_batch=0,  # rollouts per old/ref log-prob forward; 0 = train.micro_batch
         reward="",  # guard_jax.rewards name; "" = data.recipe
         reward_knobs="",  # "key=value,..." for the reward's config (e.g. "mode=paper,beta=1.0")
@@ -334,18 +358,27 @@ def validate(c: ConfigDict, where: str = "") -> None:
         raise InputError(prefix + "; ".join(errs))
 
 
-GRPO_CHOICES = {"kl_penalty": ("low_var_kl", "kl"),
-                "clip_schedule": ("constant", "linear", "compound"),
-                "loss_agg_mode": ("token-mean", "seq-mean-token-mean"),
-                "dynamic_sampling": ("off", "mask", "overgenerate", "regenerate")}
+def grpo_choices() -> dict:
+    """Each GRPO knob with a fixed set of values -> its choices (the families' registries,
+    training/rl/)."""
+    from guard_jax.training import grpo_loss as L
+    from guard_jax.training.rl.rollout_correction import LEVELS, MODES
+    from guard_jax.training.rl.kl import CONTROLLERS
+    return {"kl_penalty": L.KL_PENALTIES, "kl_in_reward_penalty": L.KL_PENALTIES,
+            "kl_ctrl_type": CONTROLLERS, "adv_estimator": L.ADV_ESTIMATORS,
+            "policy_loss": L.POLICY_LOSSES, "clip_schedule": L.CLIP_SCHEDULES,
+            "loss_agg_mode": L.LOSS_AGG_MODES, "filter_by": L.FILTER_BY,
+            "dynamic_sampling": ("off", "mask", "overgenerate", "regenerate"),
+            "rollout_is": LEVELS, "rollout_is_mode": MODES}
 
 
 def _grpo_errors(c: ConfigDict) -> list[str]:
     """The GRPO knobs' ranges and how the rollout batch splits into updates."""
     g, errs = c.grpo, []
-    for key, allowed in GRPO_CHOICES.items():
+    for key, allowed in grpo_choices().items():
         if g[key] not in allowed:
             errs.append(f"grpo.{key}={g[key]!r}; choose one of {allowed}")
+    errs += _grpo_family_errors(g)
     n = g.num_generations
     positive = ("num_generations", "prompts_per_step", "rollout_chunk_prompts", "max_prompt_len",
                 "max_new_tokens", "num_epochs")
@@ -377,6 +410,42 @@ def _grpo_errors(c: ConfigDict) -> list[str]:
                         f"grpo.num_generations {n}")
         elif rollouts % size:
             errs.append(f"{name} {size} must divide the {rollouts} rollouts of a step")
+    return errs
+
+
+def _grpo_family_errors(g) -> list[str]:
+    """The knobs of the loss, KL, filter, shaping and rollout-correction families."""
+    errs = []
+    if g.clip_ratio_dual and g.policy_loss != "vanilla":
+        errs.append(f"grpo.clip_ratio_dual={g.clip_ratio_dual} is for policy_loss='vanilla', "
+                    f"not {g.policy_loss!r}")
+    for k in ("loss_scale_factor", "kl_cov_ratio", "ppo_kl_coef", "overlong_penalty_factor",
+              "overlong_buffer_len", "rollout_is_threshold_lower"):
+        if g[k] < 0:
+            errs.append(f"grpo.{k}={g[k]} must be >= 0")
+    if g.kl_ctrl_type == "adaptive" and (g.kl_target <= 0 or g.kl_horizon < 1
+                                         or not g.kl_in_reward_coef):
+        errs.append("grpo.kl_ctrl_type='adaptive' adapts kl_in_reward_coef: it needs "
+                    "kl_in_reward_coef > 0, kl_target > 0 and kl_horizon >= 1")
+    if g.overlong_buffer_len > g.max_new_tokens:
+        errs.append(f"grpo.overlong_buffer_len={g.overlong_buffer_len} exceeds max_new_tokens="
+                    f"{g.max_new_tokens}")
+    if g.rollout_is and not (g.rollout_is_threshold > 1 and (
+            g.rollout_is_threshold_lower < g.rollout_is_threshold)):
+        errs.append(f"grpo.rollout_is_threshold={g.rollout_is_threshold} must be > 1 and above "
+                    f"rollout_is_threshold_lower={g.rollout_is_threshold_lower}")
+    if g.dynamic_sampling != "off":
+        if g.filter_by == "std" and g.num_generations == 1:
+            errs.append("grpo.filter_by='std' with num_generations=1: a one-sample group never "
+                        "has a spread, so every group would be filtered; use filter_by='mean' "
+                        "or dynamic_sampling='off'")
+        if g.filter_by == "mean" and not g.filter_low < g.filter_high:
+            errs.append(f"grpo.filter_low={g.filter_low} must be below filter_high="
+                        f"{g.filter_high}")
+        if (g.filter_key == "final" and g.kl_in_reward_coef
+                and g.dynamic_sampling in ("overgenerate", "regenerate")):
+            errs.append("grpo.filter_key='final' with kl_in_reward_coef > 0 is known only after "
+                        "the reference log-probs: use dynamic_sampling='mask' with it")
     return errs
 
 

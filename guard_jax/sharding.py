@@ -281,6 +281,7 @@ BATCH_AXES = {
     "ref_logp": ("act_batch", None),
     "weights": ("act_batch", None),
     "advantages": ("act_batch",),
+    "rollout_is_weights": ("act_batch", None),
 }
 
 

@@ -165,6 +165,67 @@ def test_grpo_config_errors_name_the_knob(task):
                              "grpo.prompts_per_step": 3})
 
 
+def test_rl_family_knobs_are_validated(task):
+    """Each new knob's bad value names it (the choice lists are the registries')."""
+    bad = {"grpo.policy_loss": "ppo2", "grpo.adv_estimator": "gae", "grpo.kl_penalty": "k4",
+           "grpo.kl_in_reward_penalty": "full", "grpo.kl_ctrl_type": "pid",
+           "grpo.filter_by": "max", "grpo.rollout_is": "geometric",
+           "grpo.rollout_is_mode": "clip"}
+    for key, value in bad.items():
+        with pytest.raises(ValueError, match=f"{key}='{value}'; choose one of"):
+            _run_config(task, **{key: value})
+    for extra, match in [({"grpo.policy_loss": "gspo", "grpo.clip_ratio_dual": 3.0},
+                          "clip_ratio_dual"),
+                         ({"grpo.kl_ctrl_type": "adaptive"}, "kl_in_reward_coef > 0"),
+                         ({"grpo.overlong_buffer_len": 17}, "overlong_buffer_len"),
+                         ({"grpo.rollout_is": "token", "grpo.rollout_is_threshold": 0.9},
+                          "rollout_is_threshold"),
+                         ({"grpo.num_generations": 1, "grpo.dynamic_sampling": "mask",
+                           "train.micro_batch": 1, "train.global_batch": 2},
+                          "filter_by='std' with num_generations=1"),
+                         ({"grpo.filter_by": "mean", "grpo.filter_low": 0.9,
+                           "grpo.filter_high": 0.1, "grpo.dynamic_sampling": "mask"},
+                          "filter_low"),
+                         ({"grpo.filter_key": "final", "grpo.kl_in_reward_coef": 0.01,
+                           "grpo.dynamic_sampling": "regenerate"}, "filter_key='final'")]:
+        with pytest.raises(ValueError, match=match):
+            _run_config(task, **extra)
+    # G = 1 with a mean filter is defined
+    _run_config(task, **{"grpo.num_generations": 1, "grpo.dynamic_sampling": "mask",
+                         "grpo.filter_by": "mean", "train.micro_batch": 1,
+                         "train.global_batch": 2})
+
+
+def test_adaptive_kl_and_rollout_correction_resume_exactly(task, full_run, tmp_path):
+    """The adaptive KL-in-reward coefficient is saved with each checkpoint: a preempted and
+    resumed run logs the uninterrupted run's coefficient and ends with its parameters. The
+    run also uses the token-level rollout correction and the overlong penalty."""
+    from guard_jax.training import checkpoint as ckpt_lib
+    extra = {"grpo.kl_in_reward_coef": 0.05, "grpo.kl_ctrl_type": "adaptive",
+             "grpo.kl_target": 1e-4, "grpo.kl_horizon": 16, "grpo.rollout_is": "token",
+             "grpo.rollout_is_mode": "mask", "grpo.overlong_buffer_len": 8}
+    full = tmp_path / "full"
+    _train(task, full, **extra)
+    part = tmp_path / "part"
+    ckpt_lib._PREEMPTED.set()
+    try:
+        assert _train(task, part, **extra)["step"] == 1
+    finally:
+        ckpt_lib._reset_preempted()
+    assert _train(task, part, **extra)["step"] == 2
+    a, b = _metrics(full), _metrics(part)
+    coeffs = [ln["actor/reward_kl_penalty_coeff"] for ln in a]
+    assert coeffs[0] == 0.05 and coeffs[1] != 0.05  # it adapted
+    assert [ln["actor/reward_kl_penalty_coeff"] for ln in b] == coeffs
+    for ln in a:
+        assert ln["actor/reward_kl_penalty"] >= 0 and ln["actor/kl_coef"] == 0.05
+        assert 0 <= ln["rollout_corr/rollout_is_masked_fraction"] < 1e-3  # CPU: no mismatch
+        assert abs(ln["rollout_corr/rollout_is_mean"] - 1) < 1e-4
+        assert ln["reward/overlong/mean"] <= 0
+    pa, pb = _params(str(full), 2), _params(str(part), 2)
+    assert max(float(np.abs(pa[k] - pb[k]).max()) for k in pa) <= 1e-6
+
+
 def test_demo_stage2_summaries_and_curves(full_run, tmp_path):
     """The demo's stage-2 report pieces on a real GRPO run's metrics."""
     from guard_jax.demo_rl import edge_means, plot_curves, read_metrics

@@ -25,6 +25,22 @@ def np_softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
+def np_agg_coefficients(w, agg, denom=None, scale=0.0):
+    """c[b, t] with loss = sum c * per-token value (rl/aggregation.py's definitions: verl's
+    agg_loss; Dr. GRPO's constant normaliser B x L)."""
+    w = w.astype(np.float64)
+    n_seq = (w.sum(1) > 0).sum()
+    if agg == "token-mean":
+        return w / (w.sum() if denom is None else denom)
+    if agg == "seq-mean-token-mean":
+        return w / np.maximum(w.sum(1, keepdims=True), 1e-300) / (n_seq if denom is None
+                                                                   else denom)
+    if agg == "seq-mean-token-sum":
+        return w / (n_seq if denom is None else denom)
+    assert agg == "seq-mean-token-sum-norm"
+    return w / (w.shape[0] * (scale or w.shape[1]) if denom is None else denom)
+
+
 def np_objective(logits, tokens, old, adv, w, *, temperature=1.0, eps_low=0.2, eps_high=0.2,
                  dual=0.0, ref=None, kl_coef=0.0, kl_kind="low_var_kl", ent_coef=0.0,
                  agg="token-mean", denom=None):
@@ -40,13 +56,7 @@ def np_objective(logits, tokens, old, adv, w, *, temperature=1.0, eps_low=0.2, e
     a = adv[:, None] * np.ones((1, T))
     w = w.astype(np.float64)
 
-    # aggregation weights c[b, t]: loss = sum c * per-token value
-    if agg == "token-mean":
-        d = w.sum() if denom is None else denom
-        c = w / d
-    else:
-        d = (w.sum(1) > 0).sum() if denom is None else denom
-        c = w / np.maximum(w.sum(1, keepdims=True), 1e-300) / d
+    c = np_agg_coefficients(w, agg, denom)
 
     lr = logp - old
     ratio = np.exp(lr)
@@ -105,6 +115,8 @@ KNOBS = {
     "kl_k1": dict(kl_coef=0.3, kl_kind="kl"),
     "entropy": dict(ent_coef=0.05),
     "seq_mean_token_mean": dict(agg="seq-mean-token-mean"),
+    "seq_mean_token_sum": dict(agg="seq-mean-token-sum", kl_coef=0.2, dual=3.0),
+    "seq_mean_token_sum_norm": dict(agg="seq-mean-token-sum-norm", ent_coef=0.03),
     "everything": dict(eps_low=0.1, eps_high=0.3, dual=2.5, kl_coef=0.2, ent_coef=0.02,
                        agg="seq-mean-token-mean", temperature=1.3),
     "everything_token_mean": dict(eps_low=0.25, eps_high=0.15, dual=3.0, kl_coef=0.1,
@@ -112,28 +124,29 @@ KNOBS = {
 }
 
 
-@functools.partial(jax.jit, static_argnames=("temperature", "dual", "kl_coef", "kl_kind",
-                                             "ent_coef", "agg"))
-def _value_and_grad(logits, tokens, old, ref, adv, w, eps_low, eps_high, denom, *, temperature,
-                    dual, kl_coef, kl_kind, ent_coef, agg):
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _value_and_grad(logits, tokens, old, ref, adv, w, eps_low, eps_high, denom, n_tokens, *,
+                    settings):
     def f(z):
-        logp, ent = L.token_logprobs(z, tokens, temperature=temperature, with_entropy=True)
-        return L.policy_loss(logp, old, adv, w, clip_ratio_low=eps_low,
-                             clip_ratio_high=eps_high, clip_ratio_dual=dual,
-                             ref_logp=ref if kl_coef else None, kl_coef=kl_coef,
-                             kl_penalty_kind=kl_kind, entropy=ent, entropy_coeff=ent_coef,
-                             loss_agg_mode=agg, denom=denom)
+        logp, ent = L.token_logprobs(z, tokens, temperature=settings.temperature,
+                                     with_entropy=True)
+        return L.policy_loss(logp, old, adv, w, settings, eps_low=eps_low, eps_high=eps_high,
+                             ref_logp=ref if settings.kl_coef else None, entropy=ent,
+                             denom=denom, n_tokens=n_tokens)
     return jax.value_and_grad(f, has_aux=True)(logits)
 
 
 def jax_objective(logits, tokens, old, ref, adv, w, *, temperature=1.0, eps_low=0.2,
                   eps_high=0.2, dual=0.0, kl_coef=0.0, kl_kind="low_var_kl", ent_coef=0.0,
-                  agg="token-mean", denom=None):
+                  agg="token-mean", denom=None, n_tokens=None):
     if denom is None:
         denom = L.loss_denominator(w, agg)
+    if n_tokens is None:
+        n_tokens = float(np.sum(w))
+    settings = L.LossSettings(temperature=temperature, loss_agg_mode=agg, clip_ratio_dual=dual,
+                              kl_coef=kl_coef, kl_penalty=kl_kind, entropy_coeff=ent_coef)
     (loss, metrics), grad = _value_and_grad(
-        logits, tokens, old, ref, adv, w, eps_low, eps_high, denom, temperature=temperature,
-        dual=dual, kl_coef=kl_coef, kl_kind=kl_kind, ent_coef=ent_coef, agg=agg)
+        logits, tokens, old, ref, adv, w, eps_low, eps_high, denom, n_tokens, settings=settings)
     return float(loss), np.asarray(grad), {k: float(v) for k, v in metrics.items()}
 
 
@@ -168,15 +181,19 @@ def test_micro_batch_split_does_not_change_the_mini_batch_loss(inputs, agg):
     kw = dict(agg=agg, kl_coef=0.1, ent_coef=0.01, dual=3.0)
     whole, whole_grad, _ = jax_objective(logits, tokens, old, ref, adv, w, **kw)
     denom = float(L.loss_denominator(w, agg))
-    parts, grads = 0.0, []
+    parts, grads, clipfrac = 0.0, [], 0.0
     halves = (slice(0, 3), slice(3, 6))
     for sl in halves:
-        loss, grad, _ = jax_objective(logits[sl], tokens[sl], old[sl], ref[sl], adv[sl],
-                                      w[sl], denom=denom, **kw)
+        loss, grad, m = jax_objective(logits[sl], tokens[sl], old[sl], ref[sl], adv[sl],
+                                      w[sl], denom=denom, n_tokens=float(w.sum()), **kw)
         parts += loss
+        clipfrac += m["pg_clipfrac"]
         grads.append(grad)
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.concatenate(grads), whole_grad, rtol=1e-5, atol=1e-7)
+    # the token-mean diagnostics add up over micro-batches too
+    np.testing.assert_allclose(clipfrac, jax_objective(logits, tokens, old, ref, adv, w,
+                                                       **kw)[2]["pg_clipfrac"], rtol=1e-6)
     # whereas normalising each micro-batch by itself gives another number
     alone = sum(jax_objective(logits[sl], tokens[sl], old[sl], ref[sl], adv[sl], w[sl], **kw)[0]
                 for sl in halves)
@@ -188,7 +205,7 @@ def test_ratio_one_means_plain_policy_gradient(inputs):
     logits, tokens, _, _, adv, w = inputs
     logp, _ = L.token_logprobs(jnp.asarray(logits), jnp.asarray(tokens))
     g = jax.grad(lambda lp: L.policy_loss(lp, jax.lax.stop_gradient(lp), adv, w,
-                                          clip_ratio_low=0.2, clip_ratio_high=0.2)[0])(logp)
+                                          L.LossSettings(), eps_low=0.2, eps_high=0.2)[0])(logp)
     np.testing.assert_allclose(np.asarray(g), -adv[:, None] * w / w.sum(), rtol=1e-6)
 
 
@@ -204,7 +221,7 @@ def test_kl_estimators():
     w = jnp.asarray([[1.0, 1.0, 0.0, 0.0]])
     np.testing.assert_allclose(L.sequence_kl(logp[None], ref[None], w, "kl"), [-0.5])
     with pytest.raises(ValueError, match="kl_penalty"):
-        L.kl_penalty(logp, ref, "mse")
+        L.kl_penalty(logp, ref, "k4")
 
 
 # ---------------------------------------------------------------------------- clip schedules
@@ -246,7 +263,7 @@ def test_group_advantages_match_numpy():
 
 
 def test_advantage_edge_cases():
-    # a one-sample group: mean 0 and std 1, so the advantage is the reward (EasyR1)
+    # a one-sample group: mean 0 and std 1, so the advantage is the reward (verl's rule)
     np.testing.assert_allclose(L.group_advantages(np.array([2.5, -1.0]), 1),
                                np.array([2.5, -1.0]) / (1 + 1e-6), rtol=1e-6)
     # equal rewards: zero advantage, finite, and the group is flagged degenerate
@@ -273,3 +290,105 @@ def test_loss_denominators():
     assert float(L.loss_denominator(w, "seq-mean-token-mean")) == 2.0
     with pytest.raises(ValueError, match="loss_agg_mode"):
         L.loss_denominator(w, "seq-sum")
+
+
+# ---------------------------------------------------------------------------- defects (issue 19)
+def test_extreme_log_ratio_gives_finite_kl_gradient_even_masked():
+    """A token whose reference log-prob exceeds the policy's by ~89 or more overflowed exp() in
+    low_var_kl: the value was clamped afterwards but the gradient was NaN, and NaN reached the
+    loss's gradient even with the token's weight 0. Now the log-ratio is clamped before the
+    exp (to +-20, as verl and EasyR1 do) and the clamped token has a zero gradient."""
+    logp = jnp.asarray([[-95.0, -1.0]])
+    ref = jnp.asarray([[-1.0, -1.2]])
+    w = jnp.asarray([[0.0, 1.0]])  # the extreme token is masked
+    s = L.LossSettings(kl_coef=0.1, kl_penalty="low_var_kl")
+
+    def loss(lp):
+        return L.policy_loss(lp, jax.lax.stop_gradient(lp), jnp.asarray([1.0]), w, s,
+                             eps_low=0.2, eps_high=0.2, ref_logp=ref)[0]
+    g = np.asarray(jax.grad(loss)(logp))
+    assert np.all(np.isfinite(g)) and g[0, 0] == 0
+    k3_grad = np.asarray(jax.grad(lambda lp: L.kl_penalty(lp, ref).sum())(logp))
+    assert np.all(np.isfinite(k3_grad)) and k3_grad[0, 0] == 0
+    assert float(L.kl_penalty(logp, ref)[0, 0]) == L.LOW_VAR_KL_CLAMP
+
+
+def test_clip_fraction_and_ppo_kl_are_token_means_in_every_mode():
+    """verl and EasyR1 average pg_clipfrac and ppo_kl per token whatever loss_agg_mode is; they
+    were averaged with the loss's mode (seq-mean-token-mean gave 0.5 and -0.5 here)."""
+    lp = jnp.asarray([[-1.0, -1.0, -1.0, -1.0], [-1.0, 0.0, 0.0, 0.0]])
+    old = jnp.asarray([[-1.0, -1.0, -1.0, -1.0], [-2.0, 0.0, 0.0, 0.0]])
+    w = jnp.asarray([[1.0, 1, 1, 1], [1, 0, 0, 0]])
+    for mode in L.LOSS_AGG_MODES:
+        m = L.policy_loss(lp, old, jnp.asarray([1.0, 1.0]), w, L.LossSettings(loss_agg_mode=mode),
+                          eps_low=0.2, eps_high=0.2)[1]
+        np.testing.assert_allclose([m["pg_clipfrac"], m["ppo_kl"]], [0.2, -0.2], rtol=1e-6,
+                                   err_msg=mode)
+
+
+# ---------------------------------------------------------------------------- recipe configs
+# sha256 of (advantages, loss, d loss / d logp, d loss / d entropy) as float32 bytes, and the
+# loss as float.hex, for each GRPO recipe config's knobs on the inputs below, recorded with the
+# code before the loss families were split into training/rl/: the recipes' losses are unchanged
+# bit for bit.
+RECIPE_BITS = {
+    "guardreasoner_vl_grpo_3b.py": ("b45356a4fd8a14b86d3203d35e4af12814a4437e2b5831acb8e787a72c4a0f5a",
+                                    "0x1.3fdf9a0000000p-3"),
+    "guardreasoner_vl_grpo_7b.py": ("b45356a4fd8a14b86d3203d35e4af12814a4437e2b5831acb8e787a72c4a0f5a",
+                                    "0x1.3fdf9a0000000p-3"),
+    "proguard_grpo_3b.py": ("c6fc037bbaa382e655bb0caf0fe240c79ebcaad7400723dc459c11890ecc9ef2",
+                            "0x1.139fca0000000p-3"),
+    "proguard_grpo_7b.py": ("c6fc037bbaa382e655bb0caf0fe240c79ebcaad7400723dc459c11890ecc9ef2",
+                            "0x1.139fca0000000p-3"),
+    "safeguard_vl_grpo_7b.py": ("3b9e6b259a8591542fe4e784fbf44f557348e59f03248990b8c97c1ba0b2eceb",
+                                "0x1.679b440000000p-7"),
+    "tiny_grpo.py": ("41751368fc3dd9b261a417cccbfd20f3a59ffcee6f5e0e867c7c2fbf1fb8725e",
+                     "-0x1.9d61340000000p-2"),
+}
+
+
+def _recipe_inputs(g):
+    rng = np.random.default_rng(19)
+    b, t = 2 * g, 12
+    logp = -rng.gamma(1.0, 1.0, (b, t)).astype(np.float32)
+    old = (logp + rng.uniform(-0.6, 0.6, (b, t))).astype(np.float32)
+    ref = (logp + rng.normal(0, 0.5, (b, t))).astype(np.float32)
+    ent = rng.uniform(0.1, 3.0, (b, t)).astype(np.float32)
+    rewards = rng.integers(0, 3, b).astype(np.float32)
+    w = (np.arange(t)[None] < rng.integers(1, t + 1, (b, 1))).astype(np.float32)
+    w[0] = 0
+    return logp, old, ref, ent, rewards, w
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_BITS))
+def test_recipe_configs_keep_their_loss_bit_for_bit(name):
+    import hashlib
+    import os
+
+    from guard_jax.run_config import load_config
+    from guard_jax.training.rl.advantages import compute_advantages
+    run = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", name))
+    g = run.grpo
+    logp, old, ref, ent, rewards, w = _recipe_inputs(g.num_generations)
+    reward = jnp.asarray(rewards)
+    if g.kl_in_reward_coef:
+        reward = reward - g.kl_in_reward_coef * L.sequence_kl(old, ref, w,
+                                                              g.kl_in_reward_penalty)
+    adv = compute_advantages(g.adv_estimator, reward, g.num_generations, mask=w,
+                             norm_by_std=g.norm_adv_by_std, eps=g.adv_eps)
+    eps_low, eps_high = L.clip_ratios(g.clip_schedule, g.clip_ratio_low, g.clip_ratio_high, 3,
+                                      run.train.steps)
+    denom = L.loss_denominator(w, g.loss_agg_mode, g.loss_scale_factor)
+    settings = L.LossSettings.from_config(g)
+
+    @jax.jit
+    def f(logp, ent, old, ref, adv, w, eps_low, eps_high, denom):
+        def loss(lp, e):
+            return L.policy_loss(lp, old, adv, w, settings, eps_low=eps_low, eps_high=eps_high,
+                                 ref_logp=ref if g.kl_coef else None, entropy=e, denom=denom)
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(logp, ent)
+    (loss, _), (g_logp, g_ent) = f(logp, ent, old, ref, adv, w, eps_low, eps_high, denom)
+    h = hashlib.sha256()
+    for a in (adv, loss, g_logp, g_ent):
+        h.update(np.asarray(a, np.float32).tobytes())
+    assert (h.hexdigest(), float(loss).hex()) == RECIPE_BITS[name]

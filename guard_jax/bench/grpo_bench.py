@@ -74,9 +74,8 @@ def main(args: argparse.Namespace) -> int:
     batch = make_batch(c, args.prompts, args.generations, args.prompt_len, args.new_tokens)
     with progress("grpo: initialising parameters"):
         graphdef, params = nnx.split(init_model(c, 0), nnx.Param)
-    g = dict(temperature=args.temperature, clip_ratio_dual=3.0, kl_coef=0.0,
-             kl_penalty="low_var_kl", entropy_coeff=args.entropy_coeff,
-             loss_agg_mode="token-mean")
+    g = grpo.L.LossSettings(temperature=args.temperature, clip_ratio_dual=3.0,
+                            entropy_coeff=args.entropy_coeff)
     compiled, res = {}, {"sides": {}}
     for side in SIDES:
         def loss(params, batch, fused=side == "fused"):

@@ -39,7 +39,11 @@ import numpy as np
 
 from guard_jax.distributed import host_array
 from guard_jax.training import grpo_loss as L
+from guard_jax.training.grpo_rewards import with_overlong_penalty
 from guard_jax.training.head_loss import head_token_logprobs
+from guard_jax.training.rl.advantages import compute_advantages
+from guard_jax.training.rl.kl import KLController, mean_sequence_kl
+from guard_jax.training.rl.rollout_correction import rollout_correction
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +149,19 @@ _COMPILED: dict = {}
 _REWARD: dict = {}
 
 
-def _compile_key(run) -> str:
-    """What the jitted functions depend on (the model, mesh, optimizer and its schedule length,
-    the sampling settings and the loss's static knobs), so that a resumed run, or one that
-    changes only data, dynamic sampling or reward knobs, reuses them in this process."""
+def _compile_key(run) -> tuple:
+    """What the jitted functions depend on: the model, mesh, optimizer and its schedule length,
+    the sampling settings and the loss's static knobs (a frozen grpo_loss.LossSettings), so
+    that a resumed run, or one that changes only data, dynamic sampling or reward knobs, reuses
+    them in this process."""
     d = json.loads(run.to_json())
     g = d["grpo"]
     updates = g["num_epochs"] * g["prompts_per_step"] * g["num_generations"]
     keep = {"model": d["model"], "mesh": d["mesh"], "optim": d["optim"], "lora": d["lora"],
             "batches": [d["train"][k] for k in ("global_batch", "micro_batch", "steps")],
-            "updates": updates,
-            "grpo": {k: g[k] for k in ("num_generations", "max_new_tokens", "temperature",
-                                       "top_p", "top_k", "clip_ratio_dual", "kl_coef",
-                                       "kl_penalty", "entropy_coeff", "loss_agg_mode")}}
-    return json.dumps(keep, sort_keys=True)
+            "updates": updates}
+    sampling = tuple(g[k] for k in ("num_generations", "max_new_tokens", "top_p", "top_k"))
+    return json.dumps(keep, sort_keys=True), sampling, L.LossSettings.from_config(g)
 
 
 def _merged_params(lora, state):
@@ -177,17 +180,15 @@ def _logprobs(graphdef, mesh, temperature, params, batch):
                                    with_entropy=False)[0]
 
 
-def _loss(g: dict, accum: int, model, batch, fused: bool = True):
-    logp, entropy = completion_logprobs(model, batch, temperature=g["temperature"],
+def _loss(settings: L.LossSettings, accum: int, model, batch, fused: bool = True):
+    logp, entropy = completion_logprobs(model, batch, temperature=settings.temperature,
                                         with_entropy=True,
-                                        entropy_grad=bool(g["entropy_coeff"]), fused=fused)
+                                        entropy_grad=bool(settings.entropy_coeff), fused=fused)
     loss, metrics = L.policy_loss(
-        logp, batch["old_logp"], batch["advantages"], batch["weights"],
-        clip_ratio_low=batch["eps_low"], clip_ratio_high=batch["eps_high"],
-        clip_ratio_dual=g["clip_ratio_dual"], ref_logp=batch.get("ref_logp"),
-        kl_coef=g["kl_coef"], kl_penalty_kind=g["kl_penalty"], entropy=entropy,
-        entropy_coeff=g["entropy_coeff"], loss_agg_mode=g["loss_agg_mode"],
-        denom=batch["denom"])
+        logp, batch["old_logp"], batch["advantages"], batch["weights"], settings,
+        eps_low=batch["eps_low"], eps_high=batch["eps_high"], ref_logp=batch.get("ref_logp"),
+        entropy=entropy, denom=batch["denom"], n_tokens=batch.get("n_tokens"),
+        is_weights=batch.get("rollout_is_weights"))
     # optax.MultiSteps averages the micro-batch gradients; each micro-batch loss is already a
     # share of the mini-batch loss (normalised by the mini-batch denominator)
     return loss * accum, metrics
@@ -204,6 +205,7 @@ def _jitted(run, graphdef, tx, lora, mesh, state_sh):
     from guard_jax.training.train_step import jit_with_batch, make_train_step
 
     g, mc = run.grpo.to_dict(), model_config(run)
+    settings = L.LossSettings.from_config(g)
     sampler = Sampler(graphdef, SamplingParams(
         max_new_tokens=g["max_new_tokens"], eos_token_ids=mc.generation_eos_ids,
         pad_token_id=mc.generation_pad_id, temperature=g["temperature"], top_p=g["top_p"],
@@ -212,7 +214,8 @@ def _jitted(run, graphdef, tx, lora, mesh, state_sh):
     merge = jax.jit(functools.partial(_merged_params, lora), out_shardings=state_sh["params"])
     logprobs = jit_with_batch(functools.partial(_logprobs, graphdef, mesh, g["temperature"]),
                               mesh, state_sh["params"])
-    update = make_train_step(graphdef, tx, mesh=mesh, loss_fn=functools.partial(_loss, g, accum),
+    update = make_train_step(graphdef, tx, mesh=mesh,
+                             loss_fn=functools.partial(_loss, settings, accum),
                              state_shardings=state_sh, lora=lora)
     return sampler, merge, logprobs, update
 
@@ -256,6 +259,9 @@ class GRPOTrainer:
                                          seed=run.train.seed)
         del model, params
         self.needs_ref = self.g.kl_coef > 0 or self.g.kl_in_reward_coef > 0
+        # the KL-in-reward coefficient; its value is saved with each checkpoint (train below)
+        self.kl_ctrl = KLController(self.g.kl_in_reward_coef, self.g.kl_ctrl_type,
+                                    self.g.kl_target, self.g.kl_horizon)
         self.ref_params = None
         if self.needs_ref and self.lora is None:  # with LoRA the frozen base is the reference
             self.ref_params = nnx.split(self._initial_model(), nnx.Param)[1]
@@ -305,6 +311,7 @@ class GRPOTrainer:
         params = self.sampler.place_state(self._merge(self.state))
         key = jax.random.fold_in(jax.random.key(self.run.train.seed), step)
         chunks, valid, stats = [], np.zeros((0,), bool), {}
+        fkey = "total" if g.filter_key == "final" else g.filter_key  # "final": see step()
         reward_s = 0.0
         first = P
         if g.dynamic_sampling == "overgenerate":
@@ -318,7 +325,12 @@ class GRPOTrainer:
                 chunk["terms"] = self.reward(chunk["tokens"], chunk["mask"],
                                              chunk["raw"]["reward_labels"],
                                              ids=chunk["raw"].get("ids"))
-                zero = host_array(L.zero_std_groups(chunk["terms"][g.filter_key], G))
+                if g.overlong_buffer_len:
+                    chunk["terms"] = with_overlong_penalty(
+                        chunk["terms"], chunk["mask"], max_len=g.max_new_tokens,
+                        buffer_len=g.overlong_buffer_len, factor=g.overlong_penalty_factor)
+                zero = ~host_array(L.valid_groups(chunk["terms"][fkey], G, by=g.filter_by,
+                                                  low=g.filter_low, high=g.filter_high))
                 reward_s += time.perf_counter() - t_r
                 chunks.append(chunk)
                 valid = np.concatenate([valid, ~zero])
@@ -345,7 +357,8 @@ class GRPOTrainer:
         timing["timing_s/reward"] = reward_s
         timing["timing_s/gen"] = time.perf_counter() - t - reward_s
         all_terms = {k: jnp.concatenate([c["terms"][k] for c in chunks]) for k in terms}
-        stats.update({"frac_reward_zero_std": float(1.0 - valid.mean()),
+        stats.update({"frac_reward_zero_std": float(np.mean(host_array(
+                          L.zero_std_groups(all_terms[fkey], G)))),
                       "dyn/rollout_prompts": float(valid.size), "dyn/valid_groups":
                       float(valid.sum()), "dyn/trained_groups": float(np.sum(weight > 0)),
                       "dyn/regenerations": float(tries),
@@ -377,8 +390,9 @@ class GRPOTrainer:
         for _ in range(g.num_epochs):
             for m in range(rows // mb):
                 lo = m * mb
-                denom = L.loss_denominator(data["weights"][lo:lo + mb], g.loss_agg_mode)
-                if float(host_array(denom)) == 0:  # all masked: an update would only decay
+                w = data["weights"][lo:lo + mb]
+                denom = L.loss_denominator(w, g.loss_agg_mode, g.loss_scale_factor)
+                if float(host_array(jnp.sum(w))) == 0:  # all masked: an update would only decay
                     skipped += 1
                     continue
                 mini = {}
@@ -387,9 +401,10 @@ class GRPOTrainer:
                                  completion_mask=data["mask"][rs],
                                  old_logp=data["old_logp"][rs], weights=data["weights"][rs],
                                  advantages=data["advantages"][rs], eps_low=eps_low,
-                                 eps_high=eps_high, denom=denom)
-                    if "ref_logp" in data:
-                        batch["ref_logp"] = data["ref_logp"][rs]
+                                 eps_high=eps_high, denom=denom, n_tokens=jnp.sum(w))
+                    for k in ("ref_logp", "rollout_is_weights"):
+                        if k in data:
+                            batch[k] = data[k][rs]
                     self.state, metrics = self._update(self.state, batch)
                     # each micro-batch's value is its share of the mini-batch's: add up
                     # (the gradient norm, of one micro-batch's gradient, is averaged)
@@ -426,16 +441,27 @@ class GRPOTrainer:
             jax.block_until_ready(data["ref_logp"])
             timing["timing_s/ref"] = time.perf_counter() - t
         t = time.perf_counter()
-        reward = data["terms"]["total"]
-        if g.kl_in_reward_coef:
-            seq_kl = L.sequence_kl(data["old_logp"], data["ref_logp"], mask_f, "kl")
-            reward = reward - g.kl_in_reward_coef * seq_kl
-            stats["kl_in_reward/mean"] = float(jnp.mean(seq_kl))
-        data["advantages"] = L.group_advantages(reward, G, norm_by_std=g.norm_adv_by_std,
-                                                eps=g.adv_eps)
+        reward, penalty = self._kl_in_reward(data, mask_f, stats)
+        if g.filter_key == "final" and g.kl_in_reward_coef and g.dynamic_sampling == "mask":
+            # the groups' spread (or mean) after the KL penalty (docs/grpo.md#dynamic-sampling)
+            valid = L.valid_groups(reward, G, by=g.filter_by, low=g.filter_low,
+                                   high=g.filter_high)
+            data["group_weight"] = jnp.repeat(valid.astype(jnp.float32), G)
+            stats["dyn/trained_groups"] = float(jnp.sum(valid))
+        data["advantages"] = compute_advantages(
+            g.adv_estimator, reward, G, mask=mask_f, penalty=penalty,
+            norm_by_std=g.norm_adv_by_std, eps=g.adv_eps)
         keep = data["group_weight"][:, None] * mask_f
         if g.mask_truncated:
             keep = keep * data["finished"][:, None].astype(jnp.float32)
+        if g.rollout_is:
+            is_weights, is_keep, corr = rollout_correction(
+                data["old_logp"], data["sampler_logp"], mask_f, level=g.rollout_is,
+                mode=g.rollout_is_mode, threshold=g.rollout_is_threshold,
+                threshold_lower=g.rollout_is_threshold_lower)
+            data["rollout_is_weights"] = is_weights
+            keep = keep * is_keep
+            stats.update({f"rollout_corr/{k}": float(v) for k, v in corr.items()})
         data["weights"] = keep
         jax.block_until_ready(data["advantages"])
         timing["timing_s/adv"] = time.perf_counter() - t
@@ -452,6 +478,24 @@ class GRPOTrainer:
                   + host_array(data["mask"]).sum())
         metrics["tokens_per_sec"] = float(tokens) / timing["timing_s/step"]
         return metrics
+
+    def _kl_in_reward(self, data: dict, mask_f, stats: dict):
+        """(reward [R] less coef x the response's summed KL, the per-token penalty [R, T] or
+        None): verl's KL in the reward with the estimator grpo.kl_in_reward_penalty and the
+        coefficient of the fixed or adaptive controller, which then updates (rl/kl.py)."""
+        g, reward = self.g, data["terms"]["total"]
+        stats["actor/kl_coef"] = float(g.kl_coef)
+        if not g.kl_in_reward_coef:
+            return reward, None
+        kind, coef = g.kl_in_reward_penalty, self.kl_ctrl.value
+        seq_kl = L.sequence_kl(data["old_logp"], data["ref_logp"], mask_f, kind)
+        current = mean_sequence_kl(data["old_logp"], data["ref_logp"], mask_f, kind)
+        stats.update({"kl_in_reward/mean": float(jnp.mean(seq_kl)),
+                      "actor/reward_kl_penalty": current,
+                      "actor/reward_kl_penalty_coeff": coef})
+        penalty = coef * L.kl_penalty(data["old_logp"], data["ref_logp"], kind) * mask_f
+        self.kl_ctrl.update(current, n_steps=int(reward.shape[0]))
+        return reward - coef * seq_kl, penalty
 
     def _rollout_stats(self, data: dict) -> dict:
         lengths = host_array(data["mask"]).sum(1)
@@ -599,6 +643,9 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
                                  config=json.loads(run.to_json()), seed=run.train.seed)
     ckpt_lib.install_sigterm_handler()
     trainer.state, start = resume.restore(ckpt, trainer.state, loader)
+    if start:  # the adaptive KL coefficient continues from the checkpoint's
+        extra = ckpt.read_meta(start).get("extra") or {}
+        trainer.kl_ctrl.value = extra.get("kl_ctrl", trainer.kl_ctrl.value)
     writer = MetricsWriter(workdir, process_index=jax.process_index(),
                            total_steps=run.train.steps, initial_step=start)
     # Every prompt each step rolled out ("ids") and those it trained on ("trained"), over all
@@ -620,6 +667,7 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
             last = metrics
             if ckpt.maybe_save(done, trainer.state, data_state=loader.get_state(),
                                rng=jax.random.key(run.train.seed),
+                               extra={"kl_ctrl": trainer.kl_ctrl.value},
                                force=done == run.train.steps):
                 log.warning("preempted: saved step %d, exiting", done)
                 step = done

@@ -1,62 +1,91 @@
-"""GRPO's algorithm as pure array functions: advantages, clip schedules, the clipped loss.
+"""GRPO's algorithm as pure array functions: the loss composed from the RL families, clip
+schedules, group selection for dynamic sampling.
 
 Everything here is a function of arrays and static settings, with no model, optimizer or host
-state, so a reviewer can check it against the papers (docs/grpo.md#algorithm) and
-the tests can hold it to an independent NumPy implementation. Names follow EasyR1 / verl
-(`clip_ratio_low`, `clip_ratio_high`, `clip_ratio_dual`, `kl_coef`, `entropy_coeff`,
-`loss_agg_mode`), so runs compare side by side with the guard papers' configs.
+state, so a reviewer can check it against the papers (docs/grpo.md#algorithm) and the tests can
+hold it to an independent NumPy implementation. The families (advantage estimators, policy
+losses, KL estimators, aggregation, rollout correction) are registries in
+`guard_jax/training/rl/`; `policy_loss` below puts one of each together as `LossSettings` says.
+Names follow verl / EasyR1 (`clip_ratio_low`, `clip_ratio_high`, `clip_ratio_dual`, `kl_coef`,
+`entropy_coeff`, `loss_agg_mode`, `policy_loss`), so runs compare side by side with theirs.
 
 Shapes: R rollouts = P prompts x G samples, sample-major (rows p*G .. p*G+G-1 are prompt p's);
 T response tokens per rollout. Per-token `weights` [R, T] carry everything that takes a token
-out of the loss (padding after the EOS, a degenerate group, a truncated response), so the loss
-has one masking rule.
+out of the loss (padding after the EOS, a degenerate group, a truncated response, a token the
+rollout correction masks), so the loss has one masking rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
+from guard_jax.training.rl import advantages as _adv
+from guard_jax.training.rl import aggregation as _agg
+from guard_jax.training.rl import kl as _kl
+from guard_jax.training.rl import policy_losses as _pl
+
+LOSS_AGG_MODES = tuple(_agg.REGISTRY)
+KL_PENALTIES = tuple(_kl.REGISTRY)
+POLICY_LOSSES = tuple(_pl.REGISTRY)
+ADV_ESTIMATORS = tuple(_adv.REGISTRY)
 CLIP_SCHEDULES = ("constant", "linear", "compound")
-KL_PENALTIES = ("low_var_kl", "kl")
-# EasyR1 clamps the log-ratio before exp so that one wild token cannot overflow the ratio.
-LOG_RATIO_CLAMP = 20.0
-# verl clamps the k3 estimate per token to this range (kl_penalty "low_var_kl").
-LOW_VAR_KL_CLAMP = 10.0
+FILTER_BY = ("std", "mean")
+LOG_RATIO_CLAMP = _kl.LOG_RATIO_CLAMP
+LOW_VAR_KL_CLAMP = _kl.LOW_VAR_KL_CLAMP
+kl_penalty, sequence_kl = _kl.kl_penalty, _kl.sequence_kl
+aggregate = _agg.aggregate
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The loss's static knobs (grpo.* of the same names). Frozen and hashable: the update is
+    compiled once per settings value, and a run that changes anything else (data, rewards,
+    dynamic sampling, the clip schedule) reuses the compiled update (grpo._COMPILED)."""
+    temperature: float = 1.0
+    policy_loss: str = "vanilla"
+    loss_agg_mode: str = "token-mean"
+    loss_scale_factor: float = 0.0
+    clip_ratio_dual: float = 0.0
+    kl_coef: float = 0.0
+    kl_penalty: str = "low_var_kl"
+    entropy_coeff: float = 0.0
+    kl_cov_ratio: float = 0.0002
+    ppo_kl_coef: float = 0.1
+
+    @classmethod
+    def from_config(cls, grpo) -> "LossSettings":
+        """The settings of a run's `grpo` section (a ConfigDict or a dict)."""
+        return cls(**{f.name: grpo[f.name] for f in dataclasses.fields(cls)})
 
 
 # ---------------------------------------------------------------------------- advantages
-def _groups(x, num_generations: int):
-    x = jnp.asarray(x, jnp.float32)
-    if x.size % num_generations:
-        raise ValueError(f"{x.size} rewards do not split into groups of {num_generations}")
-    return x.reshape(-1, num_generations)
-
-
 def group_advantages(rewards, num_generations: int, *, norm_by_std: bool = True,
                      eps: float = 1e-6):
-    """Per-rollout advantage [R] from scalar rewards [R] (EasyR1's GRPO estimator).
-
-    A = (r - mean_g(r)) / (std_g(r) + eps) with the unbiased std (ddof = 1), or r - mean_g(r)
-    when `norm_by_std` is False (verl's norm_adv_by_std_in_grpo). A one-sample group has no
-    spread to normalise by: it uses mean 0 and std 1, as EasyR1 does. A group of equal rewards
-    gets 0 everywhere (its std is 0, the numerator 0)."""
-    r = _groups(rewards, num_generations)
-    if num_generations == 1:
-        mean, std = jnp.zeros_like(r), jnp.ones_like(r)
-    else:
-        mean = jnp.mean(r, axis=1, keepdims=True)
-        std = jnp.std(r, axis=1, keepdims=True, ddof=1)
-    adv = (r - mean) / (std + eps) if norm_by_std else r - mean
-    return adv.reshape(-1)
+    """Per-rollout GRPO advantage [R] from scalar rewards [R] (rl/advantages.py: grpo)."""
+    return _adv.grpo(rewards, num_generations, norm_by_std=norm_by_std, eps=eps)
 
 
 def zero_std_groups(rewards, num_generations: int, *, tol: float = 1e-6):
     """[P] bool: the group's rewards are all equal (within tol), so GRPO learns nothing from it.
     Measured as max - min, which is exact for equal values where a float std may not be 0."""
-    r = _groups(rewards, num_generations)
+    r = _adv._groups(rewards, num_generations)
     return (jnp.max(r, axis=1) - jnp.min(r, axis=1)) <= tol
+
+
+def valid_groups(rewards, num_generations: int, *, by: str = "std", low: float = 0.0,
+                 high: float = 1.0):
+    """[P] bool: the groups dynamic sampling keeps. by "std": the rewards differ within the
+    group (DAPO, Yu et al. 2025, Eq. 11: 0 < |correct| < G); by "mean": the group's mean
+    reward lies strictly inside (low, high) (EasyR1's filter_low / filter_high)."""
+    if by == "std":
+        return ~zero_std_groups(rewards, num_generations)
+    if by != "mean":
+        raise ValueError(f"filter_by {by!r}; choose one of {FILTER_BY}")
+    mean = jnp.mean(_adv._groups(rewards, num_generations), axis=1)
+    return (mean > low) & (mean < high)
 
 
 def select_groups(valid, num_groups: int):
@@ -124,110 +153,74 @@ def token_logprobs(logits, tokens, *, temperature: float = 1.0, with_entropy: bo
     return logp, entropy
 
 
-def kl_penalty(logp, ref_logp, kind: str = "low_var_kl"):
-    """Per-token KL estimate of the policy from the reference. low_var_kl (Schulman's k3):
-    exp(ref - logp) - (ref - logp) - 1 >= 0, clamped to +-10 as verl does; kl (k1): logp -
-    ref (the form verl puts into the reward)."""
-    if kind == "kl":
-        return logp - ref_logp
-    if kind != "low_var_kl":
-        raise ValueError(f"kl_penalty {kind!r}; choose one of {KL_PENALTIES}")
-    d = ref_logp - logp
-    return jnp.clip(jnp.exp(d) - d - 1.0, -LOW_VAR_KL_CLAMP, LOW_VAR_KL_CLAMP)
-
-
-def sequence_kl(logp, ref_logp, weights, kind: str = "kl"):
-    """[R] summed per-token KL over each response: verl's KL-in-reward subtracts
-    coef * this from the scalar reward before the group normalisation."""
-    return jnp.sum(kl_penalty(logp, ref_logp, kind) * weights, axis=-1)
-
 
 # ---------------------------------------------------------------------------- aggregation
-def loss_denominator(weights, loss_agg_mode: str):
-    """The normaliser of a mini-batch: its weighted token count (token-mean) or the number of
-    sequences with any weight (seq-mean-token-mean). Computed once over the whole mini-batch
-    and passed to every micro-batch, so the summed micro-batch losses equal the mini-batch
-    loss whatever the split (docs/grpo.md#algorithm)."""
-    w = jnp.asarray(weights, jnp.float32)
-    if loss_agg_mode == "token-mean":
-        return jnp.sum(w)
-    if loss_agg_mode == "seq-mean-token-mean":
-        return jnp.sum((jnp.sum(w, axis=-1) > 0).astype(jnp.float32))
-    raise ValueError(f"loss_agg_mode {loss_agg_mode!r}; choose one of {LOSS_AGG_MODES}")
-
-
-def aggregate(values, weights, loss_agg_mode: str, denom):
-    """Weighted sum of per-token values, normalised by `denom` (see loss_denominator)."""
-    w = jnp.asarray(weights, jnp.float32)
-    denom = jnp.maximum(denom, 1e-8)
-    if loss_agg_mode == "token-mean":
-        return jnp.sum(values * w) / denom
-    if loss_agg_mode == "seq-mean-token-mean":
-        per_seq = jnp.sum(values * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1e-8)
-        return jnp.sum(per_seq) / denom
-    raise ValueError(f"loss_agg_mode {loss_agg_mode!r}; choose one of {LOSS_AGG_MODES}")
+def loss_denominator(weights, loss_agg_mode: str, scale: float = 0.0):
+    """The normaliser of a mini-batch under `loss_agg_mode` (rl/aggregation.py). Computed once
+    over the whole mini-batch and passed to every micro-batch, so the summed micro-batch losses
+    equal the mini-batch loss whatever the split (docs/grpo.md#algorithm)."""
+    return _agg.denominator(weights, loss_agg_mode, scale)
 
 
 # ---------------------------------------------------------------------------- the loss
-def policy_loss(logp, old_logp, advantages, weights, *, clip_ratio_low, clip_ratio_high,
-                clip_ratio_dual: float = 0.0, ref_logp=None, kl_coef: float = 0.0,
-                kl_penalty_kind: str = "low_var_kl", entropy=None, entropy_coeff: float = 0.0,
-                loss_agg_mode: str = "token-mean", denom=None):
-    """The token-level clipped GRPO objective (to minimise) and its diagnostics.
+def policy_loss(logp, old_logp, advantages, weights, settings: LossSettings, *, eps_low,
+                eps_high, ref_logp=None, entropy=None, denom=None, n_tokens=None,
+                is_weights=None):
+    """The objective to minimise and its diagnostics:
 
-    ratio = exp(logp - old_logp); per token
-        pg = max(-A * ratio, -A * clip(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high))
-    (the clip taken in log space, EasyR1's form); with a dual clip c > 1 and A < 0 also
-        pg = min(pg, -A * c)
-    then loss = agg(pg) + kl_coef * agg(KL(policy || ref)) - entropy_coeff * agg(entropy).
+        loss = agg(is_w pg) + kl_coef agg(KL(policy || ref)) - entropy_coeff agg(entropy)
 
-    logp, old_logp, ref_logp, entropy, weights: [B, T]; advantages [B] (broadcast over the
-    tokens) or [B, T]; clip ratios may be traced scalars (a schedule). `denom` is the
-    mini-batch normaliser (loss_denominator); None normalises over this batch alone.
-    Terms whose coefficient is a Python 0 are not computed."""
+    with pg the per-token policy loss `settings.policy_loss` (rl/policy_losses.py), agg the
+    aggregation `settings.loss_agg_mode` (rl/aggregation.py), KL the estimator
+    `settings.kl_penalty` (rl/kl.py) and is_w the rollout-correction weights
+    (rl/rollout_correction.py; None = 1). The clip fractions and ppo_kl (the token mean of
+    old - new) are token means whatever the aggregation, as verl and EasyR1 log them.
+
+    logp, old_logp, ref_logp, entropy, weights, is_weights: [B, T]; advantages [B] (broadcast
+    over the tokens) or [B, T]; eps_low / eps_high may be traced scalars (a schedule). `denom`
+    is the mini-batch normaliser (loss_denominator) and `n_tokens` the mini-batch's weighted
+    token count; None computes either over this batch alone. Terms whose coefficient is a
+    Python 0 are not computed."""
+    s = settings
     logp = logp.astype(jnp.float32)
     w = jnp.asarray(weights, jnp.float32)
     adv = jnp.asarray(advantages, jnp.float32)
     if adv.ndim == 1:
         adv = adv[:, None]
+    mode = _agg.REGISTRY.get_fn(s.loss_agg_mode)
     if denom is None:
-        denom = loss_denominator(w, loss_agg_mode)
+        denom = mode.denominator(w, s.loss_scale_factor)
+    if n_tokens is None:
+        n_tokens = jnp.sum(w)
 
     def agg(x):
-        return aggregate(x, w, loss_agg_mode, denom)
+        return mode.aggregate(x, w, denom)
 
-    log_ratio = jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = jnp.exp(log_ratio)
-    low = jnp.log1p(-jnp.asarray(clip_ratio_low, jnp.float32))
-    high = jnp.log1p(jnp.asarray(clip_ratio_high, jnp.float32))
-    clipped_ratio = jnp.exp(jnp.clip(log_ratio, low, high))
-    pg1 = -adv * ratio
-    pg2 = -adv * clipped_ratio
-    pg = jnp.maximum(pg1, pg2)
-    metrics = {"pg_clipfrac": agg((pg2 > pg1).astype(jnp.float32)),
-               "ppo_kl": agg(-log_ratio)}
-    if clip_ratio_dual:
-        pg3 = -adv * clip_ratio_dual
-        lower = (adv < 0) & (pg > pg3)
-        pg = jnp.where(adv < 0, jnp.minimum(pg, pg3), pg)
-        metrics["pg_clipfrac_lower"] = agg(lower.astype(jnp.float32))
+    pg, flags = _pl.REGISTRY.get_fn(s.policy_loss)(logp, old_logp, adv, w, s, eps_low,
+                                                    eps_high)
+    if is_weights is not None:
+        pg = pg * jax.lax.stop_gradient(is_weights)
+    metrics = {k: _agg.token_mean(v, w, n_tokens) for k, v in flags.items()}
+    metrics["ppo_kl"] = _agg.token_mean(
+        -jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), w, n_tokens)
     pg_loss = agg(pg)
     loss = pg_loss
     metrics["pg_loss"] = pg_loss
-    if ref_logp is not None and kl_coef:
-        kl_loss = agg(kl_penalty(logp, ref_logp, kl_penalty_kind))
-        loss = loss + kl_coef * kl_loss
+    if ref_logp is not None and s.kl_coef:
+        kl_loss = agg(kl_penalty(logp, ref_logp, s.kl_penalty))
+        loss = loss + s.kl_coef * kl_loss
         metrics["kl_loss"] = kl_loss
     if entropy is not None:
         ent = agg(entropy)
         metrics["entropy"] = ent
-        if entropy_coeff:
-            loss = loss - entropy_coeff * ent
+        if s.entropy_coeff:
+            loss = loss - s.entropy_coeff * ent
     metrics["loss"] = loss
     return loss, metrics
 
 
-__all__ = ["LOSS_AGG_MODES", "CLIP_SCHEDULES", "KL_PENALTIES", "group_advantages",
-           "zero_std_groups", "select_groups", "rows_of_groups", "clip_factor", "clip_ratios",
-           "token_logprobs", "kl_penalty", "sequence_kl", "loss_denominator", "aggregate",
-           "policy_loss"]
+__all__ = ["ADV_ESTIMATORS", "CLIP_SCHEDULES", "FILTER_BY", "KL_PENALTIES", "LOSS_AGG_MODES",
+           "POLICY_LOSSES", "LossSettings", "aggregate", "clip_factor", "clip_ratios",
+           "group_advantages", "kl_penalty", "loss_denominator", "policy_loss",
+           "rows_of_groups", "select_groups", "sequence_kl", "token_logprobs", "valid_groups",
+           "zero_std_groups"]

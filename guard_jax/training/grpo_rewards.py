@@ -48,6 +48,26 @@ def gold_record(recipe: str, labels: dict, where: str) -> dict:
     return dict(labels)
 
 
+def overlong_penalty(lengths, *, max_len: int, buffer_len: int, factor: float = 1.0):
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13) for response lengths [R]: 0 up
+    to max_len - buffer_len tokens, then falling linearly to -factor at max_len (and below
+    it beyond), i.e. min(0, -(|y| - (max_len - buffer_len)) / buffer_len) x factor, as verl's
+    overlong_buffer (len, penalty_factor) computes it."""
+    import jax.numpy as jnp
+    exceed = jnp.asarray(lengths, jnp.float32) - float(max_len - buffer_len)
+    return jnp.minimum(-exceed / float(buffer_len) * factor, 0.0)
+
+
+def with_overlong_penalty(terms: dict, mask, *, max_len: int, buffer_len: int,
+                          factor: float) -> dict:
+    """The reward terms plus `overlong` (the penalty of each response's length, the number of
+    tokens in its completion mask) added into `total`."""
+    import jax.numpy as jnp
+    pen = overlong_penalty(jnp.sum(jnp.asarray(mask, jnp.float32), axis=-1), max_len=max_len,
+                           buffer_len=buffer_len, factor=factor)
+    return dict(terms, overlong=pen, total=terms["total"] + pen)
+
+
 class RolloutReward:
     """`reward(tokens [R, N], mask [R, N], labels: list of P dicts) -> {term: [R] float32}`
     for R = P x G rollouts (sample-major)."""
@@ -131,4 +151,5 @@ class RolloutReward:
         return sims, sim_mask
 
 
-__all__ = ["RolloutReward", "gold_record", "parse_knobs"]
+__all__ = ["RolloutReward", "gold_record", "overlong_penalty", "parse_knobs",
+           "with_overlong_penalty"]
