@@ -79,13 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     set_debug(args.debug)
-    if args.command not in HOST_ONLY:
-        # Multi-host jobs (explicit variables, SLURM, TPU pods) join before any device work;
-        # a single process is left alone.
-        from guard_jax import distributed
-        distributed.initialize()
     from data_pipeline.schema import DataInputError
     try:
+        if args.command not in HOST_ONLY:
+            # Before any device work: a Pathways job (one controller, docs/pathways.md) sets up
+            # its proxy backend; multi-host jobs (explicit variables, SLURM, TPU pods) join;
+            # a single process is left alone.
+            from guard_jax import distributed, pathways
+            if not pathways.initialize():
+                distributed.initialize()
         return int(importlib.import_module(args._module).main(args) or 0)
     except (InputError, DataInputError) as e:  # one line, no traceback (docs/errors.md)
         return report_input_error(args.command, e)

@@ -53,3 +53,14 @@ def test_missing_command_is_an_error():
     p = subprocess.run(["bash", os.path.join(ROOT, "launch", "slurm.sh"), "--nodes", "2"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "usage" in p.stderr
+
+
+def test_pathways_dry_run_runs_the_same_cli_under_the_proxy():
+    (line,) = dry("pathways.sh", "--cluster", "c1", "--workload", "w1", "--tpu-type", "v5p-32",
+                  "--num-slices", "2", "--image", "gcr.io/p/img", "--project", "proj", *CMD)
+    assert line.startswith("xpk workload create-pathways --cluster c1 --workload w1 "
+                           "--tpu-type v5p-32 --num-slices 2 --docker-image gcr.io/p/img "
+                           "--project proj --command ")
+    assert ("JAX_PLATFORMS=proxy\\ JAX_BACKEND_TARGET=grpc://127.0.0.1:29000\\ "
+            "ENABLE_PATHWAYS_PERSISTENCE=1\\ guard-jax\\ train\\ --config\\ "
+            "configs/guardreasoner_vl_grpo_7b.py") in line
