@@ -18,6 +18,7 @@ waiting in a collective that will never complete (docs/grpo-multihost.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,6 +28,8 @@ import time
 
 import jax
 import numpy as np
+
+from guard_jax.errors import InputError
 
 JOIN_TIMEOUT_EXIT_CODE = 75  # EX_TEMPFAIL: a peer never joined; the job may be retried
 PEER_LOST_EXIT_CODE = 75  # a peer died mid-run: the same, retrying resumes from a checkpoint
@@ -248,3 +251,56 @@ def allgather_interleaved(batch: dict) -> dict:
         rows = [parts[p][k][i] for i in range(len(v)) for p in range(n)]
         out[k] = np.asarray(rows) if isinstance(batch[k], np.ndarray) else rows
     return {k: out[k] for k in batch}
+
+
+# ------------------------------------------------------------------ input errors on every process
+class SharedInputError(InputError):
+    """An input error met on one or more processes, raised on every process with the same
+    line (see `raise_input_errors_together`)."""
+
+
+def _shared_message(messages: list) -> str:
+    """One line for the errors each process met (None: none): the message itself when every
+    process met the same one, else each message with the processes that met it."""
+    met = [(i, m) for i, m in enumerate(messages) if m is not None]
+    distinct = list(dict.fromkeys(m for _, m in met))
+    if len(met) == len(messages) and len(distinct) == 1:
+        return distinct[0]
+    parts = []
+    for m in distinct:
+        ids = [i for i, x in met if x == m]
+        who = f"process {ids[0]}" if len(ids) == 1 else "processes " + ", ".join(map(str, ids))
+        parts.append(f"on {who} of {len(messages)}: {m}")
+    return "; ".join(parts)
+
+
+def raise_input_errors_together(error: BaseException | None) -> None:
+    """A collective: each process passes the input error it met since the last call (None
+    when none). If any process met one, every process raises the same `SharedInputError`,
+    whose line names the processes unless all met the same error; so no process is left
+    waiting in a collective for a peer that stopped. One process: `error` itself is raised."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
+    messages = allgather_json(None if error is None else str(error))
+    if any(m is not None for m in messages):
+        raise SharedInputError(_shared_message(messages)) from error
+
+
+@contextlib.contextmanager
+def input_errors_together(*kinds):
+    """Runs the block on every process and ends with `raise_input_errors_together`: an error
+    of `kinds` (default InputError) raised in it on any process leaves it on every process as
+    the same one-line error. Each process reaches the end of the block once, with or without
+    an error; inside, `raise_input_errors_together(None)` before each collective makes the
+    peers of a failed process stop there (the SharedInputError it raises passes through)."""
+    kinds = kinds or (InputError,)
+    try:
+        yield
+    except SharedInputError:
+        raise
+    except kinds as e:
+        raise_input_errors_together(e)
+        raise  # several processes: the line above raised already
+    raise_input_errors_together(None)

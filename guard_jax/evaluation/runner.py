@@ -453,23 +453,45 @@ def evaluate_config(run, *, checkpoint=None, hf_dir=None, step=None, out_dir=Non
                     name: str | None = None, generate_fn: GenerateFn | None = None,
                     tokenizer=None, progress: bool = True) -> list[EvalReport]:
     """`guard-jax eval --config`: loads the model (unless `generate_fn` is given) and the
-    tokenizer (unless given: data.tokenizer_dir, else the model's), then `run_benchmarks`."""
-    import tempfile
+    tokenizer (unless given: data.tokenizer_dir, else the model's), then `run_benchmarks`.
 
+    On several processes every process runs this with the same arguments: each generates its
+    share of every batch, process 0 alone writes. An input error met on any process, before
+    the model loads or mid-run, ends every process with the same line (docs/evaluation.md)."""
     import jax
 
+    from data_pipeline.schema import DataInputError
+    from guard_jax import distributed
     from guard_jax.evaluation import generation
     check_eval_config(run)
-    check_inputs(run, checkpoint=checkpoint, hf_dir=hf_dir, step=step, out_dir=out_dir,
-                 model=generate_fn is None, tokenizer=tokenizer is None)
     default = Path(checkpoint or hf_dir).name if (checkpoint or hf_dir) else "ours"
-    with tempfile.TemporaryDirectory(prefix="guard_jax_eval_") as tmp:
-        if checkpoint is not None and generate_fn is None:
-            hf_dir = generation.export_for_eval(checkpoint, tmp, step=step)
+    mesh = ckpt = None
+    with distributed.input_errors_together(InputError, DataInputError):
+        check_inputs(run, checkpoint=checkpoint, hf_dir=hf_dir, step=step, out_dir=out_dir,
+                     model=generate_fn is None, tokenizer=tokenizer is None)
+        if checkpoint is not None and (generate_fn is None or tokenizer is None):
+            ckpt = generation.checkpoint_run(checkpoint, step)
         if tokenizer is None:
-            tokenizer = generation.load_tokenizer(run.data.tokenizer_dir or hf_dir)
+            from_model = hf_dir or (ckpt and generation.checkpoint_tokenizer_dir(ckpt[1]))
+            tokenizer = generation.load_tokenizer(run.data.tokenizer_dir or from_model)
         if generate_fn is None:
-            generate_fn = generation.model_generate_fn(run, hf_dir, tokenizer)
-        return run_benchmarks(run, generate_fn, tokenizer=tokenizer, out_dir=out_dir,
+            mesh = generation.eval_mesh(run)
+    if generate_fn is None:
+        import guard_jax
+        dtypes = dict(dtype=run.model.param_dtype, compute_dtype=run.model.dtype)
+        if ckpt is not None:  # restored onto the mesh, no export (docs/evaluation.md)
+            model = generation.load_checkpoint(checkpoint, *ckpt, mesh=mesh, **dtypes)
+        else:
+            model = guard_jax.load_hf(hf_dir, mesh=mesh, **dtypes,
+                                      progress=progress and jax.process_index() == 0)
+        generate_fn = generation.model_generate_fn(run, model, tokenizer, mesh)
+
+    def checked(batch):
+        # a peer that met an input error since the last batch stops every process here
+        distributed.raise_input_errors_together(None)
+        return generate_fn(batch)
+
+    with distributed.input_errors_together(InputError, DataInputError):
+        return run_benchmarks(run, checked, tokenizer=tokenizer, out_dir=out_dir,
                               name=name or default, progress=progress,
                               is_writer=jax.process_index() == 0)
