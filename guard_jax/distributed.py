@@ -68,11 +68,11 @@ def detect(environ=None) -> Topology:
                                   ("GUARD_JAX_NUM_PROCESSES", nproc),
                                   ("GUARD_JAX_PROCESS_ID", pid)) if not v]
         if missing:
-            raise ValueError(f"multi-process start-up needs all three of GUARD_JAX_COORDINATOR, "
+            raise InputError(f"multi-process start-up needs all three of GUARD_JAX_COORDINATOR, "
                              f"GUARD_JAX_NUM_PROCESSES and GUARD_JAX_PROCESS_ID; missing {missing}")
         n, i = int(nproc), int(pid)
         if not 0 <= i < n:
-            raise ValueError(f"GUARD_JAX_PROCESS_ID={i} is outside 0..{n - 1}")
+            raise InputError(f"GUARD_JAX_PROCESS_ID={i} is outside 0..{n - 1}")
         return Topology("explicit", coord, n, i)
     if all(env.get(v) for v in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_NODELIST",
                                 "SLURM_LOCALID")) and int(env["SLURM_NTASKS"]) > 1:
