@@ -10,8 +10,9 @@ One rollout step (docs/grpo.md#algorithm):
      until P groups are valid or grpo.max_regenerations is reached, then trains on what exists
      with the degenerate rest masked, and logs it;
   3. old log-probs (and the reference's, when a KL term is on) with the training forward;
-  4. group advantages (KL-in-reward first subtracted from the reward);
-  5. num_epochs x mini-batches (train.global_batch rollouts) of the clipped loss, each
+  4. advantages by grpo.adv_estimator (KL-in-reward first subtracted from the reward), and the
+     rollout correction's weights (grpo.rollout_is);
+  5. num_epochs x mini-batches (train.global_batch rollouts) of the policy loss, each
      accumulated over train.micro_batch micro-batches (optax.MultiSteps), the token-mean
      normalised over the whole mini-batch; the clip ratios come from the schedule as traced
      scalars.

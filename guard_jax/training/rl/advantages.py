@@ -15,9 +15,8 @@ response tokens. Each estimator returns [R] (one advantage per rollout) or [R, T
   reinforce_plus_plus  per token the return to go R_t = r - sum_{s >= t} penalty_s (gamma 1),
           whitened over every response token of the batch: (R - mean) / sqrt(var + 1e-8), var
           unbiased (Hu 2025, "REINFORCE++", Sec. 3).
-  reinforce_plus_plus_baseline  r - mean_G r (0 for G = 1 is not subtracted: the group mean of
-          one sample is the sample), then whitened over the batch's response tokens as above
-          (verl's REINFORCE++-baseline).
+  reinforce_plus_plus_baseline  r - mean_G r (r itself for G = 1, verl's rule), then
+          whitened over the batch's response tokens as above (verl's REINFORCE++-baseline).
 """
 
 from __future__ import annotations
