@@ -5,13 +5,11 @@ joined on a localhost coordinator, against one process with 8, through the real 
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import processes as P
 from guard_jax import distributed
 
 from test_grpo import task  # noqa: F401  (the tiny dataset, tokenizer and model)
@@ -31,61 +29,14 @@ OVERRIDES = {"train.steps": 3, "train.checkpoint_every": 1, "train.global_batch"
              "optim.eps": 1e-3}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(task, work, *, processes, signal_at=None, overrides=None, env=None):  # noqa: F811
     """The worker processes of one run in `work` (started, not waited for)."""
     spec = json.dumps({"task": task, "workdir": str(work), "dump": str(work) + "-rewards",
                        "signal_at": signal_at, "overrides": {**OVERRIDES, **(overrides or {})}})
-    env = {**{k: v for k, v in os.environ.items()
-              if not k.startswith(("SLURM_", "TPU_", "GUARD_JAX_", "XLA_FLAGS"))}, **(env or {})}
-    port = _free_port()
-    procs = []
-    for i in range(processes):
-        if processes > 1:
-            env = dict(env, GUARD_JAX_COORDINATOR=f"127.0.0.1:{port}",
-                       GUARD_JAX_NUM_PROCESSES=str(processes), GUARD_JAX_PROCESS_ID=str(i),
-                       GUARD_JAX_INIT_TIMEOUT="120")
-        procs.append(subprocess.Popen([sys.executable, WORKER, spec], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    return procs
+    return P.start(WORKER, [spec], processes=processes, env=env)
 
 
-def _finish(procs) -> list[tuple[int, dict | None, str]]:
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=900)
-        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-        out.append((p.returncode, json.loads(lines[-1]) if lines else None, stderr))
-    return out
-
-
-def _ok(results):
-    for rc, result, err in results:
-        assert rc == 0 and result is not None, err[-4000:]
-    return [r for _, r, _ in results]
-
-
-def _params(workdir, step) -> dict:
-    """The parameters of checkpoint `step`, read onto this process's first device whatever
-    topology wrote them."""
-    import jax
-    import orbax.checkpoint as ocp
-    path = os.path.join(workdir, str(step), "state")
-    reader = ocp.StandardCheckpointer()
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=one)
-              for k, v in reader.metadata(path).item_metadata.items()}
-    return {k: np.asarray(v) for k, v in reader.restore(path, target).items()
-            if k.startswith("params.")}
-
-
-def _lines(path):
-    return [json.loads(line) for line in open(path)]
+_finish, _ok, _params, _lines = P.finish, P.ok, P.checkpoint_arrays, P.jsonl
 
 
 @pytest.fixture(scope="module")
@@ -154,23 +105,34 @@ def test_sigterm_on_one_process_saves_one_step_on_all_and_resumes_on_one(task, r
     assert [order[s] for s in (1, 2, 3)] == _lines(root / "one" / "data_order.jsonl")
 
 
-def test_a_killed_process_is_named_by_the_survivor(task, tmp_path):  # noqa: F811
-    """kill -9 of process 1 in the middle of step 1: process 0 does not wait forever in the
-    collective its peer never joins; it exits 75 naming the lost process (GUARD_JAX_PEER_TIMEOUT
-    seconds after the last heartbeat)."""
+def test_a_killed_process_is_named_by_the_survivor_and_the_run_resumes(task, runs):  # noqa: F811
+    """kill -9 of process 1 in step 2 (after step 1's checkpoint, 2 to 4 reward calls a step
+    here): process 0 does not wait
+    forever in the collective its peer never joins; it exits 75 naming the lost process
+    (GUARD_JAX_PEER_TIMEOUT seconds after the last heartbeat). Both restarted, the run resumes
+    from step 1 and ends exactly where the uninterrupted run ends."""
+    work = runs / "killed"
     (rc0, _, err0), (rc1, _, _) = _finish(_start(
-        task, tmp_path / "killed", processes=2, signal_at=[3, 1, "KILL"],
+        task, work, processes=2, signal_at=[7, 1, "KILL"],
         env={"GUARD_JAX_PEER_TIMEOUT": "20"}))
     assert rc1 == -9
     assert rc0 == distributed.PEER_LOST_EXIT_CODE, err0[-3000:]
     assert "guard_jax: process 0 of 2: lost process 1: no heartbeat for 20s" in err0, err0[-3000:]
+    saved = sorted(int(d) for d in os.listdir(work) if d.isdigit())
+    assert saved and saved[-1] < 3, saved
+    assert [r["step"] for r in _ok(_finish(_start(task, work, processes=2)))] == [3, 3]
+    for step in (2, 3):
+        a, b = _params(str(runs / "one"), step), _params(str(work), step)
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6, step
+    order = {ln["step"]: ln for ln in _lines(work / "data_order.jsonl")}
+    assert [order[s] for s in (1, 2, 3)] == _lines(runs / "one" / "data_order.jsonl")
 
 
 def test_loader_position_moves_to_another_process_count():
     """2 processes that each read 10 prompts -> 20 read; 4 processes restart at 5 each, one at
     20; positions that differ between processes (skips on one share) cannot be split."""
     from guard_jax.errors import InputError
-    from guard_jax.training.grpo import shard_state
+    from guard_jax.training.global_loader import shard_state
     two = {"process_count": 2, "shards": [{"next_index": 10}, {"next_index": 10}]}
     assert shard_state(two, 2, 1) == {"next_index": 10}
     assert shard_state(two, 4, 3) == {"next_index": 5}

@@ -518,79 +518,13 @@ class GRPOTrainer:
 
 
 # ---------------------------------------------------------------------------- the loop
-class PromptLoader:
-    """The rollout prompts of a run on any number of processes (docs/grpo-multihost.md).
-
-    Each of the n processes reads its share of one global sequence (grain sharding: process
-    k reads elements k, k + n, ...), grpo.rollout_chunk_prompts / n prompts a batch; every
-    batch is then gathered so that each process holds the global chunk, rows in the order one
-    process reading the whole sequence would see them. Everything after that (sampling,
-    rewards, dynamic sampling, the update) runs on the same host values on every process.
-
-    The state is every process's loader position, so a checkpoint covers every share, and a
-    run resumes on the same or another process count (see `set_state`)."""
-
-    def __init__(self, make, process_count: int, process_index: int):
-        self.n, self.k = process_count, process_index
-        self.it = make(process_index, process_count)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        from guard_jax.distributed import allgather_interleaved
-        return allgather_interleaved(next(self.it))
-
-    def get_state(self):
-        """One process: the loader's own state. Several: {"process_count": n, "shards": [the
-        state of each process]} (a collective: every process calls it)."""
-        from guard_jax.distributed import allgather_json
-        from guard_jax.training.checkpoint import _encode_data_state
-        if self.n == 1:
-            return self.it.get_state()
-        return {"process_count": self.n,
-                "shards": allgather_json(_encode_data_state(self.it.get_state()))}
-
-    def set_state(self, state) -> None:
-        from guard_jax.training.checkpoint import _decode_data_state
-        self.it.set_state(_decode_data_state(shard_state(state, self.n, self.k)))
-
-    def close(self):
-        if hasattr(self.it, "close"):
-            self.it.close()
-
-
-def shard_state(state, process_count: int, process_index: int):
-    """Process `process_index`'s loader state of `process_count` from a saved state (see
-    PromptLoader.get_state). The same count takes its own share's position; another count
-    needs every share at the same position j (no record skipped on one share only), i.e. the
-    first n x j elements of the global sequence read, which restarts each of m processes at
-    n x j / m."""
-    from guard_jax.errors import InputError
-    if isinstance(state, dict) and "shards" in state:
-        shards = state["shards"]
-    else:
-        shards = [state]
-    if len(shards) == process_count:
-        return shards[process_index]
-    positions = {s.get("next_index") if isinstance(s, dict) and set(s) == {"next_index"}
-                 else None for s in shards}
-    read = len(shards) * next(iter(positions)) if len(positions) == 1 else None
-    if None in positions or read is None or read % process_count:
-        raise InputError(
-            f"the checkpoint's data position was written by {len(shards)} processes "
-            f"(positions {[s for s in shards]}) and cannot be split over {process_count}: "
-            f"resume on {len(shards)} processes (the shares read different numbers of "
-            "records, e.g. after skipped records, or the prompts read do not divide)")
-    return {"next_index": read // process_count}
-
-
-def build_loader(run, model_config, *, tokenizer_dir: str) -> PromptLoader:
+def build_loader(run, model_config, *, tokenizer_dir: str):
     """The SFT loader in RL form: generation prompts of one static length with their reward
     labels, grpo.rollout_chunk_prompts per batch over all processes."""
     from data_pipeline.build import open_source
     from data_pipeline.loader import make_loader
     from guard_jax.errors import InputError
+    from guard_jax.training.global_loader import GlobalLoader
     from guard_jax.training.sft import tokenizer_key
 
     if not run.data.path:
@@ -606,7 +540,9 @@ def build_loader(run, model_config, *, tokenizer_dir: str) -> PromptLoader:
         return make_loader(source, loader_config(run, pad_id=model_config.generation_pad_id,
                                                  shard_index=index, shard_count=count),
                            tokenizer_dir=tokenizer_dir, tokenizer_key=tokenizer_key(run))
-    return PromptLoader(make, n, jax.process_index())
+    # each process reads its share; every chunk is gathered into the global one, the same on
+    # every process (docs/grpo-multihost.md)
+    return GlobalLoader(make, n, jax.process_index())
 
 
 def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 1):
