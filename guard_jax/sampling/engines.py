@@ -1,0 +1,25 @@
+"""Rollout engines by name (docs/sampling.md). Every engine is built as
+`ENGINES[name](graphdef, SamplingParams, mesh=mesh)` and called as
+`engine(params, batch, rng) -> SampleOutput` with the batch `Qwen25VL.prepare_inputs` makes
+(prompts LEFT-padded): rows p*G .. p*G+G-1 are prompt p's G samples. `static` is the reference:
+one static batch, the prompt cache tiled G times, every row decoding until the longest ends."""
+
+from __future__ import annotations
+
+from guard_jax.sampling.sampler import Sampler
+
+ENGINES: dict[str, type] = {"static": Sampler}
+
+
+def register(name: str):
+    def deco(cls):
+        ENGINES[name] = cls
+        return cls
+    return deco
+
+
+def make_engine(name: str, graphdef, params, *, mesh=None):
+    """The engine `name` (one of ENGINES)."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; known: {sorted(ENGINES)}")
+    return ENGINES[name](graphdef, params, mesh=mesh)
