@@ -18,8 +18,8 @@ def register(name: str):
     return deco
 
 
-def make_engine(name: str, graphdef, params, *, mesh=None):
-    """The engine `name` (one of ENGINES)."""
+def make_engine(name: str, graphdef, sampling, *, mesh=None):
+    """The engine `name` (one of ENGINES) for `sampling` (a SamplingParams)."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; known: {sorted(ENGINES)}")
-    return ENGINES[name](graphdef, params, mesh=mesh)
+    return ENGINES[name](graphdef, sampling, mesh=mesh)
