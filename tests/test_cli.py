@@ -242,3 +242,21 @@ def test_eval_help_explains_fields_recipes_and_task_aliases(capsys):
     for task in ("prompt", "response", "refusal"):
         aliases = [a for a, t in TASK_ALIASES.items() if t == task]
         assert f"{task}: {', '.join(aliases)}" in out
+
+
+def test_trainer_side_config_errors_are_input_errors():
+    """Errors the trainers find in a config (also on a resume, where train's pre-check does not
+    run) are one-line user errors, not tracebacks."""
+    from guard_jax.errors import InputError
+    from guard_jax.run_config import base_config
+    from guard_jax.training.grpo_rewards import parse_knobs
+    from guard_jax.training.lora import from_run
+    from guard_jax.training.optim import learning_rate_schedule
+    c = base_config()
+    c.lora.rank, c.optim.freeze = 4, "vision"
+    with pytest.raises(InputError, match="lora.rank > 0 and optim.freeze"):
+        from_run(c)
+    with pytest.raises(InputError, match="warmup_steps 20 exceeds the 10 steps"):
+        learning_rate_schedule(1e-3, 10, 20)
+    with pytest.raises(InputError, match="grpo.reward_knobs: 'beta' is not key=value"):
+        parse_knobs("mode=paper,beta")

@@ -17,6 +17,8 @@ import logging
 import jax
 import numpy as np
 
+from guard_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,7 @@ def parse_knobs(text: str, where: str = "grpo.reward_knobs") -> dict:
     out = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         if "=" not in item:
-            raise ValueError(f"{where}: {item!r} is not key=value")
+            raise InputError(f"{where}: {item!r} is not key=value")
         key, raw = (s.strip() for s in item.split("=", 1))
         try:
             out[key] = ast.literal_eval(raw)
@@ -43,7 +45,7 @@ def gold_record(recipe: str, labels: dict, where: str) -> dict:
             return {"request_label": labels["prompt_label"],
                     "response_label": labels["response_label"]}
         except KeyError as e:
-            raise ValueError(f"{where}: reward labels lack {e.args[0]!r}; got "
+            raise InputError(f"{where}: reward labels lack {e.args[0]!r}; got "
                              f"{sorted(labels)}") from None
     return dict(labels)
 
@@ -80,7 +82,7 @@ class RolloutReward:
         self.encoder = None
         if similarity_model:
             if name != "proguard":
-                raise ValueError(f"grpo.similarity_model is for the proguard reward, not {name!r}")
+                raise InputError(f"grpo.similarity_model is for the proguard reward, not {name!r}")
             from guard_jax.models.sentence_encoder import SentenceEncoder
             self.encoder = SentenceEncoder.load(similarity_model)
         elif name == "proguard":
@@ -95,7 +97,7 @@ class RolloutReward:
             # docs/recipes.md#pitfalls-the-code-handles: a prompt asking for <think> under a reward that parses
             # <thinking> scores 0 on everything without an error; refuse it up front
             if want_tag and lab.get("think_tag", want_tag) != want_tag:
-                raise ValueError(f"{where}: the prompt asks for <{lab['think_tag']}> but the "
+                raise InputError(f"{where}: the prompt asks for <{lab['think_tag']}> but the "
                                  f"{self.name} reward parses <{want_tag}>; set the same tag in "
                                  "the renderer and grpo.reward_knobs (think_tag=...)")
             records.append(gold_record(self.name, lab, where))
@@ -103,7 +105,7 @@ class RolloutReward:
             gold = self.reward.encode_gold(records)
         except ValueError as e:
             named = f" (samples {list(ids)})" if ids is not None else ""
-            raise ValueError(f"reward labels{named}: {e}") from None
+            raise InputError(f"reward labels{named}: {e}") from None
         return records, {k: np.repeat(v, self.g, axis=0) for k, v in gold.items()}
 
     def __call__(self, tokens, mask, labels: list[dict], ids=None) -> dict:

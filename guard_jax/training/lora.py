@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from guard_jax.errors import InputError
+
 # Input dimensions (after the stacked-layers axis) of each matmul weight; the rest are outputs.
 # Weights not listed here (embeddings, norms, biases) cannot carry adapters.
 IN_DIMS = {
@@ -53,9 +55,9 @@ def from_run(run) -> LoraConfig | None:
     if not sec.rank:
         return None
     if sec.rank < 0:
-        raise ValueError(f"lora.rank={sec.rank} must be >= 0 (0 = off)")
+        raise InputError(f"lora.rank={sec.rank} must be >= 0 (0 = off)")
     if run.optim.freeze:
-        raise ValueError("lora.rank > 0 and optim.freeze are both set: with LoRA the base "
+        raise InputError("lora.rank > 0 and optim.freeze are both set: with LoRA the base "
                          "weights are frozen and lora.targets chooses what adapts")
     return LoraConfig(rank=int(sec.rank), alpha=float(sec.alpha),
                       targets=sec.targets or DEFAULT_TARGETS)
@@ -80,7 +82,7 @@ def target_names(params, cfg: LoraConfig) -> list[str]:
     names = [_dotted(p) for p, _ in nnx.to_flat_state(params)]
     hits = [n for n in names if n in IN_DIMS and pattern.search(n)]
     if not hits:
-        raise ValueError(f"lora.targets={cfg.targets!r} matches no adaptable weight; "
+        raise InputError(f"lora.targets={cfg.targets!r} matches no adaptable weight; "
                          f"adaptable: {sorted(n for n in IN_DIMS if n in names)}")
     return hits
 

@@ -15,15 +15,17 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from guard_jax.errors import InputError
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
                            kind: str = "cosine") -> optax.Schedule:
     if kind not in SCHEDULES:
-        raise ValueError(f"optim.schedule={kind!r}; choose one of {SCHEDULES}")
+        raise InputError(f"optim.schedule={kind!r}; choose one of {SCHEDULES}")
     if warmup_steps > total_steps:
-        raise ValueError(f"optim.warmup_steps {warmup_steps} exceeds the {total_steps} steps")
+        raise InputError(f"optim.warmup_steps {warmup_steps} exceeds the {total_steps} steps")
     decay = max(total_steps - warmup_steps, 1)
     after = {"cosine": optax.cosine_decay_schedule(lr, decay),
              "linear": optax.linear_schedule(lr, 0.0, decay),
@@ -44,7 +46,7 @@ def trainable_labels(params, freeze: str):
     flat = [(path, "frozen" if pattern and pattern.search(".".join(str(p) for p in path))
              else "train") for path, _ in nnx.to_flat_state(params)]
     if pattern and all(label == "frozen" for _, label in flat):
-        raise ValueError(f"optim.freeze={freeze!r} freezes every parameter")
+        raise InputError(f"optim.freeze={freeze!r} freezes every parameter")
     labels = nnx.from_flat_state([(path, label) for path, label in flat])
     return jax.tree.map(lambda x: x, labels)
 
@@ -53,7 +55,7 @@ def make_optimizer(optim, *, total_steps: int, accumulation: int = 1,
                    params=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(tx, schedule) from an `optim` config section (see run_config.base_config)."""
     if optim.name != "adamw":
-        raise ValueError(f"optim.name={optim.name!r}; only adamw is implemented")
+        raise InputError(f"optim.name={optim.name!r}; only adamw is implemented")
     schedule = learning_rate_schedule(optim.lr, total_steps, optim.warmup_steps, optim.schedule)
     mu_dtype = jnp.dtype(optim.mu_dtype) if optim.mu_dtype else None
     parts = []

@@ -14,6 +14,8 @@ import os
 
 import jax
 
+from guard_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ def _buckets(run) -> tuple[int, ...]:
         return (run.data.seq_len,)
     out = tuple(sorted(int(x) for x in str(run.data.buckets).split(",") if x.strip()))
     if out[-1] > run.data.seq_len:
-        raise ValueError(f"data.buckets {out} exceed data.seq_len {run.data.seq_len}")
+        raise InputError(f"data.buckets {out} exceed data.seq_len {run.data.seq_len}")
     return out
 
 
@@ -37,7 +39,7 @@ def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 
     from data_pipeline.loader import LoaderConfig
 
     if run.train.micro_batch % shard_count:
-        raise ValueError(f"train.micro_batch {run.train.micro_batch} does not split over "
+        raise InputError(f"train.micro_batch {run.train.micro_batch} does not split over "
                          f"{shard_count} processes")
     return LoaderConfig(
         recipe=run.data.recipe,
@@ -56,7 +58,7 @@ def build_loader(run, model_config, *, tokenizer_dir: str):
     from guard_jax.training.global_loader import GlobalLoader
 
     if not run.data.path:
-        raise ValueError("data.path is empty: point it at a dataset built by `guard-jax data "
+        raise InputError("data.path is empty: point it at a dataset built by `guard-jax data "
                          "build` (--config.data.path=DIR)")
     source, pad_id = open_source(run.data.path, run.data.split), model_config.generation_pad_id
 
@@ -114,7 +116,7 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
         log.warning(warning)
     tokenizer_dir = run.data.tokenizer_dir or run.model.hf_dir
     if not tokenizer_dir:
-        raise ValueError("no tokenizer: set data.tokenizer_dir (or model.hf_dir)")
+        raise InputError("no tokenizer: set data.tokenizer_dir (or model.hf_dir)")
     accum = run.train.global_batch // run.train.micro_batch
     total_micro = run.train.steps * accum
 
