@@ -260,3 +260,14 @@ def test_trainer_side_config_errors_are_input_errors():
         learning_rate_schedule(1e-3, 10, 20)
     with pytest.raises(InputError, match="grpo.reward_knobs: 'beta' is not key=value"):
         parse_knobs("mode=paper,beta")
+
+
+def test_import_into_an_existing_checkpoint_is_refused_before_loading(tmp_path, capsys):
+    """No model is loaded (the --hf-dir here is empty): the refusal comes first."""
+    (tmp_path / "ck" / "0").mkdir(parents=True)
+    (tmp_path / "hf").mkdir()
+    rc = cli.main(["import", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "ck")])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_INPUT and len(err.splitlines()) == 1
+    assert "already holds checkpoint steps [0]" in err
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["0"]

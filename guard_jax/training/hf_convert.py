@@ -104,12 +104,19 @@ def import_hf(hf_dir, out, *, config_path: str | None = None, overrides=(),
               dtype: str = "float32") -> Path:
     """Writes step 0 of a checkpoint holding `hf_dir`'s weights (and a fresh optimizer state
     for the run config, default: configs' base settings with model.hf_dir = hf_dir)."""
+    from guard_jax.errors import InputError
     from guard_jax.models.qwen2_5_vl import load_hf
     from guard_jax.run_config import base_config, load_config, validate
     from guard_jax.training.checkpoint import Checkpointer
     from guard_jax.training.optim import run_optimizer
     from guard_jax.training.train_step import init_train_state
 
+    # refused before the model loads: an existing checkpoint is never written into
+    steps = sorted(int(p.name) for p in Path(out).iterdir()
+                   if p.name.isdigit()) if Path(out).is_dir() else []
+    if steps:
+        raise InputError(f"--out {out} already holds checkpoint steps {steps}: import writes "
+                         "step 0 of a new checkpoint directory; choose another --out")
     if config_path:
         run = load_config(config_path, list(overrides))
         run.unlock()
