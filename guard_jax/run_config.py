@@ -55,6 +55,16 @@ def base_config() -> ConfigDict:
         images_per_sample=1,
         min_pixels=3136,
         max_pixels=1003520,  # per image; patches per image <= max_pixels / 196
+        # videos (Qwen2-VL video processor semantics, docs/model.md#video): frames sampled at
+        # video_fps, between min_frames and max_frames (rounded to temporal_patch_size), each
+        # resized to video_min_pixels..video_max_pixels; patches per video <=
+        # max_frames / 2 * video_max_pixels / 196
+        videos_per_sample=0,
+        video_fps=2.0,
+        min_frames=4,
+        max_frames=16,
+        video_min_pixels=3136,
+        video_max_pixels=100352,  # per frame: 128 merged tokens per temporal patch
     ))
     c.train = ConfigDict(dict(
         global_batch=8,  # sequences per optimizer step
@@ -264,10 +274,11 @@ def _coerce(raw: str, old, path: str):
 # trainer.
 AT_LEAST_1 = ("train.global_batch", "train.micro_batch", "train.steps", "train.log_every",
               "train.checkpoint_every", "train.keep_checkpoints", "data.seq_len",
-              "data.min_pixels", "data.max_pixels", "grpo.num_generations",
+              "data.min_pixels", "data.max_pixels", "data.min_frames", "data.max_frames",
+              "data.video_min_pixels", "data.video_max_pixels", "grpo.num_generations",
               "grpo.prompts_per_step", "grpo.rollout_chunk_prompts")
-AT_LEAST_0 = ("data.images_per_sample", "data.worker_count", "optim.warmup_steps", "lora.rank",
-              "optim.lr", "optim.weight_decay")
+AT_LEAST_0 = ("data.images_per_sample", "data.videos_per_sample", "data.worker_count",
+              "optim.warmup_steps", "lora.rank", "optim.lr", "optim.weight_decay")
 ON_ERROR = ("fail", "skip")
 
 
@@ -304,6 +315,14 @@ def _range_errors(c: ConfigDict) -> list[str]:
     if not errs and c.data.min_pixels > c.data.max_pixels:
         errs.append(f"data.min_pixels={c.data.min_pixels} exceeds data.max_pixels="
                     f"{c.data.max_pixels}")
+    if not errs and c.data.video_min_pixels > c.data.video_max_pixels:
+        errs.append(f"data.video_min_pixels={c.data.video_min_pixels} exceeds "
+                    f"data.video_max_pixels={c.data.video_max_pixels}")
+    if not errs and c.data.min_frames > c.data.max_frames:
+        errs.append(f"data.min_frames={c.data.min_frames} exceeds data.max_frames="
+                    f"{c.data.max_frames}")
+    if not c.data.video_fps > 0:
+        errs.append(f"data.video_fps={c.data.video_fps!r} must be > 0")
     return errs
 
 
