@@ -67,6 +67,11 @@ class TpuTarget:
         """The topology name libtpu takes, e.g. v5e:4x4 or v5p:2x4x4."""
         return f"{self.chip}:" + "x".join(map(str, _chip_grid(self.chip, self.chips)))
 
+    @property
+    def name(self) -> str:
+        """The Cloud TPU name of one slice (v5e-16, v5p-64, ...), as `parse_tpu_target` reads."""
+        return f"{self.chip}-{self.devices * TPU_CHIPS[self.chip][1]}"
+
     def __str__(self):
         s = f"{self.chip} {self.topology().split(':')[1]} ({self.devices} devices)"
         return s + (f" x {self.slices} slices" if self.slices > 1 else "")
@@ -118,6 +123,11 @@ def tpu_devices(target: TpuTarget):
     # No chip is opened: several processes may compile at once (libtpu's lock file is for
     # processes sharing real TPU chips).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if not _host_has_tpu():
+        # libtpu's start-up reads the host's slice from these (a TPU VM's metadata sets them);
+        # without, it prints alarming but harmless errors. They do not change what it compiles.
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", target.name)
     from jax.experimental import topologies
     grid = _chip_grid(target.chip, target.chips)
     bounds = (min(grid[0], 2), min(grid[1], 2), 1)  # hosts of up to 2x2 chips
@@ -125,6 +135,15 @@ def tpu_devices(target: TpuTarget):
         platform="tpu", topology_name=target.topology(), chip_config_name="default",
         chips_per_host_bounds=bounds, num_slices=target.slices, wrap=(False, False, False))
     return desc.devices
+
+
+def _host_has_tpu() -> bool:
+    """Whether this host has TPU chips (JAX's own check; False where it cannot tell)."""
+    try:
+        from jax._src import hardware_utils
+        return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except Exception:  # noqa: BLE001  (a private module: assume a real TPU host, change nothing)
+        return True
 
 
 # ---------------------------------------------------------------------------- results

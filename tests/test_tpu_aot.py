@@ -28,6 +28,8 @@ def test_targets_and_topologies():
     assert aot.parse_tpu_target("v5p-8").topology() == "v5p:2x2x1"  # 8 TensorCores, 4 chips
     assert aot.parse_tpu_target("v5p-64").topology() == "v5p:2x4x4"
     assert aot.parse_tpu_target("tpu7x-8").topology() == "tpu7x:2x2x1"  # 8 devices, 4 chips
+    for name in ("v5e-16", "v6e-8", "v5p-64", "tpu7x-8"):  # the Cloud TPU name round-trips
+        assert aot.parse_tpu_target(name).name == name
     with pytest.raises(ValueError, match="TensorCores"):
         aot.parse_tpu_target("v5p-5")
     with pytest.raises(ValueError, match="power-of-two"):
@@ -149,3 +151,22 @@ def test_plan_without_libtpu_says_how_and_falls_back(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "pip install -e '.[tpu-aot]'" in out and "falling back to the arithmetic plan" in out
     assert "method: arithmetic." in out and "TPU compiler:" not in out
+
+
+def test_plan_on_a_host_without_tpu_prints_no_libtpu_start_up_errors():
+    """libtpu's start-up on a host without TPU chips printed 'could not determine TPU
+    accelerator type' and an INVALID_ARGUMENT trace for TPU_WORKER_HOSTNAMES; plan now gives
+    it the target's slice, which does not change what is compiled."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    env.pop("JAX_PLATFORMS", None)
+    p = subprocess.run([sys.executable, "-m", "guard_jax.cli", "plan", "--config",
+                        "configs/tiny_sft.py", "--target", "v5e-4"], capture_output=True,
+                       text=True, env=env, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "TPU compiler: v5e 2x2 (4 devices)" in p.stdout
+    for noise in ("could not determine", "INVALID_ARGUMENT", "Source Location Trace"):
+        assert noise not in p.stderr, p.stderr[-2000:]
