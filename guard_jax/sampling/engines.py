@@ -2,13 +2,17 @@
 `ENGINES[name](graphdef, SamplingParams, mesh=mesh)` and called as
 `engine(params, batch, rng) -> SampleOutput` with the batch `Qwen25VL.prepare_inputs` makes
 (prompts LEFT-padded): rows p*G .. p*G+G-1 are prompt p's G samples. `static` is the reference:
-one static batch, the prompt cache tiled G times, every row decoding until the longest ends."""
+one static batch, the prompt cache tiled G times, every row decoding until the longest ends.
+`continuous` (continuous.py): one copy of each prompt's cache, attention over the filled part of
+the completion cache only, and a fixed pool of decode slots that finished rows hand on to the
+rows still to decode."""
 
 from __future__ import annotations
 
+from guard_jax.sampling.continuous import ContinuousEngine
 from guard_jax.sampling.sampler import Sampler
 
-ENGINES: dict[str, type] = {"static": Sampler}
+ENGINES: dict[str, type] = {"static": Sampler, "continuous": ContinuousEngine}
 
 
 def register(name: str):

@@ -89,16 +89,22 @@ class SampleOutput(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- pure functions
-def prefill(model, batch: dict, params: SamplingParams):
-    """-> (KVCache of R rows and L + N slots, next-token logits [R, V] float32)."""
+def prompt_pass(model, batch: dict):
+    """The prompts through the model once: (keys, values [layers, B, L, kv_heads, head_dim],
+    next-token logits [B, V] float32)."""
     ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
     vision = {k: batch[k] for k in VISION_KEYS if batch.get(k) is not None}
     x = model.embed(ids, **vision)
     h, (k, v) = model.text.decoder(x, pos, mask, return_kv=True)
     # left padding: the last column is every row's last real token
-    logits = model.text.logits(h[:, -1:])[:, 0].astype(jnp.float32)
-    cache = cache_lib.from_prompt(k, v, mask, pos, ids.shape[1] + params.max_new_tokens,
-                                  params.cache_dtype)
+    return k, v, model.text.logits(h[:, -1:])[:, 0].astype(jnp.float32)
+
+
+def prefill(model, batch: dict, params: SamplingParams):
+    """-> (KVCache of R rows and L + N slots, next-token logits [R, V] float32)."""
+    k, v, logits = prompt_pass(model, batch)
+    cache = cache_lib.from_prompt(k, v, batch["attention_mask"], batch["position_ids"],
+                                  k.shape[2] + params.max_new_tokens, params.cache_dtype)
     g = params.num_samples
     return cache_lib.tile(cache, g), jnp.repeat(logits, g, axis=0)
 
@@ -236,4 +242,5 @@ class Sampler:
         return decode_fn(state, cache, logits, rng)[0]
 
 
-__all__ = ["SamplingParams", "SampleOutput", "Sampler", "prefill", "decode", "sample"]
+__all__ = ["SamplingParams", "SampleOutput", "Sampler", "prompt_pass", "prefill", "decode",
+           "sample"]

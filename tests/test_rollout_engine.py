@@ -1,0 +1,207 @@
+"""The `continuous` rollout engine against the static sampler (the reference, itself checked
+token for token against transformers in test_generate.py).
+
+Greedy output must equal the static engine's in every field (text with left padding and
+several EOS ids firing at different steps, a left-padded batch of two images, G > 1, fewer decode
+slots than rows so finished rows hand their slots on); sampled first tokens follow the softmax;
+a row's draws do not depend on the pool size or the mesh; the attention reads no completion
+block past the longest fill. Small attention blocks (4 keys) so that prompts and completions
+span several blocks.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from guard_jax.models.qwen2_5_vl import init_model
+from guard_jax.models.qwen2_5_vl.config import tiny
+from guard_jax.sampling import engines
+from guard_jax.sampling.continuous import ContinuousEngine, prefill_prompts
+from guard_jax.sampling.live_attention import live_attention
+from guard_jax.sampling.sampler import SampleOutput, Sampler, SamplingParams
+from guard_jax.sharding import SAMPLE_RULES, batch_shardings, make_mesh, put_batch
+from hf_reference import image_tokens, left_pad, random_image_inputs
+from test_generate import GRIDS, assert_frequencies
+
+N = 8
+BLOCK = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_model(tiny(), seed=0)
+
+
+def run(engine, model, inputs, params, rng=0, mesh=None, **kw) -> SampleOutput:
+    """One call of `engine` (a class of ENGINES) on host inputs -> numpy SampleOutput."""
+    host = model.prepare_inputs(**inputs)
+    graphdef, state = nnx.split(model)
+    eng = engine(graphdef, params, mesh=mesh, **kw)
+    state = eng.place_state(state)
+    batch = (jax.device_put(host) if mesh is None
+             else put_batch(host, batch_shardings(host, mesh, SAMPLE_RULES)))
+    out = eng(state, batch, jax.random.key(rng))
+    return SampleOutput(*(np.asarray(a) for a in out))
+
+
+def assert_same(got: SampleOutput, want: SampleOutput):
+    for name in ("tokens", "lengths", "completion_mask", "finished"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+    np.testing.assert_allclose(got.sampling_logprobs, want.sampling_logprobs, atol=1e-5)
+
+
+def text_inputs(c, lengths=(11, 6, 9, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    ids, mask = left_pad([rng.integers(2, 248, n).tolist() for n in lengths],
+                         c.generation_pad_id)
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def stopping_eos(free, n_ids=3):
+    """EOS ids taken from a free-running greedy output [rows, N] so that rows stop at
+    different steps: the token at column 1 + 2 * i of row i, for the first rows."""
+    eos = []
+    for i in range(n_ids):
+        t = int(free[i, 1 + 2 * i])
+        if t not in eos and t != free[i, 0]:
+            eos.append(t)
+    return tuple(eos)
+
+
+# ---------------------------------------------------------------------------- greedy parity
+def test_greedy_text_equals_static_with_refills(model):
+    """4 left-padded prompts x G 3 = 12 rows through 4 slots: rows end at different steps
+    (three EOS ids), slots are refilled, and every output field equals the static engine's."""
+    c = model.config
+    inputs = text_inputs(c)
+    free = run(Sampler, model, inputs, SamplingParams(N, (255,), c.generation_pad_id)).tokens
+    eos = stopping_eos(free)
+    params = SamplingParams(N, eos, c.generation_pad_id, num_samples=3)
+    want = run(Sampler, model, inputs, params)
+    lengths = set(want.lengths.tolist())
+    assert len(lengths) >= 3 and N in lengths and min(lengths) < N, want.lengths
+    got = run(ContinuousEngine, model, inputs, params, slots=4, block=BLOCK)
+    assert_same(got, want)
+    # 4 slots ran the 12 rows' decode steps (lengths - 1 each) with little idling
+    useful = int((want.lengths - 1).sum())
+    assert useful / 4 <= int(got.steps) <= useful / 4 + N, (got.steps, useful)
+
+
+def test_greedy_images_equals_static(model):
+    """Two images of different sizes, left padded, G = 2 through 3 slots."""
+    c = model.config
+    pv, grid = random_image_inputs(c, GRIDS, seed=3)
+    ids, mask = left_pad([[3, 4] + image_tokens(c, GRIDS[0]) + [5, 6, 7],
+                          [8] + image_tokens(c, GRIDS[1]) + [9, 10]], c.generation_pad_id)
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid)
+    free = run(Sampler, model, inputs, SamplingParams(N, (255,), c.generation_pad_id)).tokens
+    params = SamplingParams(N, (int(free[0, 3]),), c.generation_pad_id, num_samples=2)
+    want = run(Sampler, model, inputs, params)
+    assert want.lengths.tolist()[:2] == [4, 4] and want.lengths[2] == N, want.lengths
+    assert_same(run(ContinuousEngine, model, inputs, params, slots=3, block=BLOCK), want)
+
+
+def test_prompt_cache_is_not_tiled(model):
+    """The prefill keeps one copy of each prompt's keys and values, padded to the block."""
+    c = model.config
+    host = model.prepare_inputs(**text_inputs(c))
+    params = SamplingParams(N, (1,), c.generation_pad_id, num_samples=8)
+    cache, logits = jax.eval_shape(lambda b: prefill_prompts(model, b, params, BLOCK), host)
+    t = c.text
+    assert cache.k.shape == (t.num_hidden_layers, 4, 12, t.num_key_value_heads, t.head_dim)
+    assert cache.mask.shape == (4, 12) and logits.shape == (4, t.vocab_size)
+
+
+def test_registered_by_name(model):
+    graphdef = nnx.split(model)[0]
+    params = SamplingParams(N, (1,), 0)
+    assert isinstance(engines.make_engine("continuous", graphdef, params), ContinuousEngine)
+    with pytest.raises(ValueError, match="unknown rollout engine 'paged'.*continuous"):
+        engines.make_engine("paged", graphdef, params)
+
+
+# ---------------------------------------------------------------------------- live prefix
+def test_attention_reads_only_live_blocks():
+    """Completion blocks past the longest fill hold NaN: an engine that read (and masked) them
+    would return NaN. Inside the live blocks the result equals a dense softmax over the
+    prompt's real keys and the first `fill` completion keys."""
+    rng = np.random.default_rng(0)
+    layers, p, lp, s, nc, kvh, g, d = 2, 2, 8, 3, 12, 2, 2, 8
+    pk, pv = (rng.standard_normal((layers, p, lp, kvh, d)).astype(np.float32) for _ in "kv")
+    ck, cv = (rng.standard_normal((layers, s, nc, kvh, d)).astype(np.float32) for _ in "kv")
+    fill = np.asarray([3, 5, 0], np.int32)  # the longest is 5: blocks 0 and 1 of 4 keys
+    ck[:, :, 8:], cv[:, :, 8:] = np.nan, np.nan
+    pmask = np.ones((p, lp), bool)
+    pmask[0, :3] = pmask[1, 6:] = False
+    prompt_of = np.asarray([1, 0, 1], np.int32)
+    q = rng.standard_normal((s, kvh * g, d)).astype(np.float32)
+    got = np.asarray(jax.jit(lambda *a: live_attention(*a, block=4))(
+        q, 1, pk, pv, pmask, prompt_of, ck, cv, fill))
+    assert np.isfinite(got).all()
+    for i in range(s):
+        keys = np.concatenate([pk[1, prompt_of[i]][pmask[prompt_of[i]]], ck[1, i, :fill[i]]])
+        vals = np.concatenate([pv[1, prompt_of[i]][pmask[prompt_of[i]]], cv[1, i, :fill[i]]])
+        for h in range(kvh * g):
+            sc = keys[:, h // g] @ q[i, h] / np.sqrt(d)
+            w = np.exp(sc - sc.max())
+            np.testing.assert_allclose(got[i, h], (w / w.sum()) @ vals[:, h // g], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- sampling
+def test_first_token_frequencies_match_softmax(model):
+    c = model.config
+    ids = np.random.default_rng(0).integers(2, 248, (1, 9))
+    temperature, g = 0.02, 4096
+    logits = np.asarray(model(ids), np.float64)[0, -1]
+    p = np.exp((logits - logits.max()) / temperature)
+    p /= p.sum()
+    assert 0.1 < p.max() < 0.7 and (p > 0.01).sum() >= 6, np.sort(p)[-8:]  # spread out
+    params = SamplingParams(1, (c.eos_token_id,), c.generation_pad_id, temperature=temperature,
+                            num_samples=g)
+    out = run(ContinuousEngine, model, dict(input_ids=ids, attention_mask=np.ones_like(ids)),
+              params, rng=7)
+    first = out.tokens[:, 0]
+    assert_frequencies(np.bincount(first, minlength=p.size) / g, p, g)
+    np.testing.assert_allclose(out.logprobs[:, 0], np.log(p)[first], atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def sampled(model):
+    """A sampled run (T 1.5, top-k 50) of 4 prompts x G 4 through 16 slots (no refills)."""
+    c = model.config
+    params = SamplingParams(N, (3, 7, 11, 19, 23), c.generation_pad_id, temperature=1.5,
+                            top_k=50, num_samples=4)
+    inputs = text_inputs(c, seed=1)
+    return inputs, params, run(ContinuousEngine, model, inputs, params, rng=3, slots=16,
+                               block=BLOCK)
+
+
+def test_sampled_rows_do_not_depend_on_the_pool(model, sampled):
+    """Each row draws with its own keys, so 3 slots (many refills) give the 16-slot output."""
+    inputs, params, wide = sampled
+    assert len(set(wide.lengths.tolist())) >= 3, wide.lengths  # rows end at different steps
+    assert len({tuple(r) for r in wide.tokens}) == 16  # the G samples of a prompt differ
+    assert_same(run(ContinuousEngine, model, inputs, params, rng=3, slots=3, block=BLOCK), wide)
+
+
+def test_sharded_equals_unsharded(model, sampled):
+    """data 2 x fsdp 2 x tensor 2 fake devices: slots and prompts split over data x fsdp, heads
+    over tensor."""
+    inputs, params, plain = sampled
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    got = run(ContinuousEngine, model, inputs, params, rng=3, mesh=mesh, block=BLOCK)
+    assert_same(got, plain)
+
+
+def test_pool_and_block_are_checked(model):
+    graphdef = nnx.split(model)[0]
+    params = SamplingParams(N, (1,), 0)
+    with pytest.raises(ValueError, match="slots=0"):
+        ContinuousEngine(graphdef, params, slots=0)
+    assert ContinuousEngine(graphdef, params).pool_size(12) == 6
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(10) == 8
