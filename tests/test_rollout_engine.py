@@ -105,6 +105,34 @@ def test_greedy_images_equals_static(model):
     assert_same(run(ContinuousEngine, model, inputs, params, slots=3, block=BLOCK), want)
 
 
+def test_target_lengths_end_rows_and_size_the_reads(model):
+    """Rows also end at given target lengths (the bench's forced guard lengths); the tokens up
+    to there are the free run's. The cache figures count one prompt copy per prompt."""
+    c = model.config
+    inputs = text_inputs(c)
+    params = SamplingParams(N, (255,), c.generation_pad_id, num_samples=2)
+    graphdef, state = nnx.split(model)
+    eng = ContinuousEngine(graphdef, params, slots=3, block=BLOCK)
+    batch = jax.device_put(model.prepare_inputs(**inputs))
+    free = SampleOutput(*(np.asarray(a) for a in eng(state, batch, jax.random.key(0))))
+    targets = np.asarray([1, 8, 2, 3, 8, 5, 1, 1], np.int32)
+    out = SampleOutput(*(np.asarray(a) for a in eng(state, batch, jax.random.key(0),
+                                                     target_lengths=targets)))
+    np.testing.assert_array_equal(out.lengths, targets)
+    assert not out.finished.any()
+    keep = out.completion_mask
+    np.testing.assert_array_equal(out.tokens[keep], free.tokens[keep])
+    assert (out.tokens[~keep] == c.generation_pad_id).all()
+    # 22 decode steps of work (targets - 1) for 3 slots: 8 iterations, the longest row's 7
+    assert int(out.steps) == 8
+    t = c.text
+    token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 4
+    # 4 prompts of 12 slots (11 tokens padded to the block) + 3 slots x 8 completion slots
+    assert eng.kv_cache_bytes(4, 11, num_samples=2) == token * (4 * 12 + 3 * 8)
+    read = eng.kv_bytes_read_per_step()
+    assert token * 3 * (12 + BLOCK) <= read <= token * 3 * (12 + 8), read
+
+
 def test_prompt_cache_is_not_tiled(model):
     """The prefill keeps one copy of each prompt's keys and values, padded to the block."""
     c = model.config

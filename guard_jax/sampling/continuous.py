@@ -19,6 +19,7 @@ so the output does not depend on the pool size or the mesh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -34,7 +35,8 @@ from guard_jax.sampling.distribution import choose
 from guard_jax.sampling.live_attention import live_attention, pad_to_block
 from guard_jax.sampling.sampler import (
     _OUTPUT_AXES, SampleOutput, Sampler, SamplingParams, prompt_pass)
-from guard_jax.sharding import SAMPLE_RULES, batch_shardings, param_shardings, shard_activation
+from guard_jax.sharding import (
+    SAMPLE_RULES, batch_shardings, param_shardings, shard_activation, use_rules)
 
 BLOCK = 64  # keys per attention block (prompt and completion caches are multiples of it)
 
@@ -120,9 +122,11 @@ def _first_tokens(pick, logits, rng, g: int):
 
 
 def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int,
-            block: int = BLOCK) -> SampleOutput:
+            block: int = BLOCK, target_lengths=None) -> tuple[SampleOutput, jax.Array]:
     """Prefill + continuous decode in one pure function (trace it under `jit`; on a mesh inside
-    `use_rules(mesh, SAMPLE_RULES)`). `slots`: the decode pool size S."""
+    `use_rules(mesh, SAMPLE_RULES)`). `slots`: the decode pool size S. `target_lengths` [R]
+    (optional, for benchmarks): row r also ends after that many tokens. -> (SampleOutput, the
+    completion-cache blocks the decode steps attended to, summed over steps)."""
     g, n = params.num_samples, params.max_new_tokens
     prompts, logits = prefill_prompts(model, batch, params, block)
     r = logits.shape[0] * g
@@ -135,25 +139,30 @@ def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int,
                 logprobs=jnp.zeros((r, n), jnp.float32).at[:, 0].set(lp),
                 sampling_logprobs=jnp.zeros((r, n), jnp.float32).at[:, 0].set(slp),
                 lengths=jnp.ones((r,), jnp.int32), finished=finished,
-                step=jnp.asarray(0, jnp.int32))
+                step=jnp.asarray(0, jnp.int32), blocks=jnp.asarray(0, jnp.int32))
+    limit = jnp.full((r,), n, jnp.int32)
+    if target_lengths is not None:
+        limit = jnp.clip(jnp.asarray(target_lengths, jnp.int32), 1, n)
     if n > 1:
-        init = _decode(model, prompts, init, rng, params, pick, slots, block)
+        init = _decode(model, prompts, init, rng, params, pick, slots, block, limit)
     lengths = init["lengths"]
     return SampleOutput(tokens=init["tokens"], lengths=lengths,
                         completion_mask=jnp.arange(n)[None, :] < lengths[:, None],
                         logprobs=init["logprobs"], sampling_logprobs=init["sampling_logprobs"],
-                        finished=init["finished"], steps=init["step"])
+                        finished=init["finished"], steps=init["step"]), init["blocks"]
 
 
-def _decode(model, prompts: PromptCache, out: dict, rng, params, pick, slots: int, block: int):
+def _decode(model, prompts: PromptCache, out: dict, rng, params, pick, slots: int, block: int,
+            limit):
     """The slot loop: `out` (tokens, log-probs, lengths, finished of every row, the first token
-    in) -> the same with every row decoded."""
+    in) -> the same with every row decoded; `limit` [R]: each row's most tokens."""
     g, n = params.num_samples, params.max_new_tokens
     r = out["tokens"].shape[0]
     eos = jnp.asarray(params.eos_token_ids, jnp.int32)
     # rows whose first token ended them need no slot; the others queue in row order
-    queue = jnp.argsort(out["finished"], stable=True).astype(jnp.int32)
-    pending = r - jnp.sum(out["finished"]).astype(jnp.int32)
+    ended = out["finished"] | (limit <= 1)
+    queue = jnp.argsort(ended, stable=True).astype(jnp.int32)
+    pending = r - jnp.sum(ended).astype(jnp.int32)
     layers, _, _, kvh, hd = prompts.k.shape
     shape = (layers, slots, pad_to_block(n - 1, block), kvh, hd)
     empty = shard_activation(jnp.zeros(shape, prompts.k.dtype), CACHE_AXES)
@@ -197,8 +206,9 @@ def _decode(model, prompts: PromptCache, out: dict, rng, params, pick, slots: in
                  sampling_logprobs=put(s["sampling_logprobs"], slp),
                  lengths=s["lengths"].at[where].set(col + 1, mode="drop"),
                  finished=s["finished"].at[where].set(ends, mode="drop"),
-                 row=jnp.where(active & (ends | (col + 1 >= n)), r, s["row"]),
-                 fill=jnp.where(active, col, 0), last=token, step=s["step"] + 1)
+                 row=jnp.where(active & (ends | (col + 1 >= limit[row])), r, s["row"]),
+                 fill=jnp.where(active, col, 0), last=token, step=s["step"] + 1,
+                 blocks=s["blocks"] + (jnp.max(seen) + block - 1) // block)
         return refill(s)
 
     s = refill(dict(out, ck=empty, cv=empty, row=idle, fill=zeros, last=zeros,
@@ -231,25 +241,63 @@ class ContinuousEngine(Sampler):
     def pool_size(self, rows: int) -> int:
         return min(rows, self.slots) if self.slots else default_slots(rows, self.mesh)
 
-    def _rollout(self, state, batch, rng):
+    def _rollout(self, state, batch, rng, targets):
         rows = batch["input_ids"].shape[0] * self.params.num_samples
         return rollout(nnx.merge(self.graphdef, state), batch, rng, self.params,
-                       slots=self.pool_size(rows), block=self.block)
+                       slots=self.pool_size(rows), block=self.block, target_lengths=targets)
 
     def _compile(self, state, batch):
         fn = self._trace(self._rollout)
+        with self._rules():
+            cache = jax.eval_shape(functools.partial(
+                prefill_prompts, nnx.merge(self.graphdef, state), params=self.params,
+                block=self.block), batch)[0]
+        layers, _, _, kvh, hd = cache.k.shape
+        self._token_bytes = 2 * layers * kvh * hd * cache.k.dtype.itemsize
         if self.mesh is None:
             return jax.jit(fn)
         r = batch["input_ids"].shape[0] * self.params.num_samples
         out_sh = SampleOutput(*(self._named(ax, (r, self.params.max_new_tokens)[:len(ax)])
                                 for ax in _OUTPUT_AXES))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
         return jax.jit(fn, in_shardings=(param_shardings(state, self.mesh, self.rules),
                                          batch_shardings(batch, self.mesh, self.rules),
-                                         NamedSharding(self.mesh, PartitionSpec())),
-                       out_shardings=out_sh)
+                                         replicated, replicated),
+                       out_shardings=(out_sh, replicated))
 
-    def __call__(self, state, batch, rng) -> SampleOutput:
-        return self.functions(state, batch)(state, batch, rng)
+    def _rules(self):
+        return contextlib.nullcontext() if self.mesh is None else use_rules(self.mesh, self.rules)
+
+    def __call__(self, state, batch, rng, target_lengths=None) -> SampleOutput:
+        """target_lengths [R] (optional, for benchmarks): row r also ends after that many
+        tokens, as though an EOS came there."""
+        rows = batch["input_ids"].shape[0] * self.params.num_samples
+        n = self.params.max_new_tokens
+        targets = jnp.full((rows,), n, jnp.int32) if target_lengths is None else target_lengths
+        out, blocks = self.functions(state, batch)(state, batch, rng,
+                                                   jnp.asarray(targets, jnp.int32))
+        self.last_run = dict(rows=rows, prompt_slots=pad_to_block(batch["input_ids"].shape[1],
+                                                                  self.block),
+                             blocks=blocks, steps=out.steps)
+        return out
+
+    # -- what the caches hold and what a decode step reads (guard-jax bench rollout)
+    def kv_cache_bytes(self, prompts: int, prompt_len: int, *, num_samples: int) -> int:
+        """Keys + values of the prompt cache and the completion cache for `prompts` prompts of
+        `prompt_len` tokens and G = num_samples (after a first call, which sizes a token)."""
+        n = self.params.max_new_tokens
+        completion = self.pool_size(prompts * num_samples) * pad_to_block(n - 1, self.block)
+        return self._token_bytes * (prompts * pad_to_block(prompt_len, self.block)
+                                    + (completion if n > 1 else 0))
+
+    def kv_bytes_read_per_step(self, out=None) -> float:
+        """Cache bytes one decode step of the last call read, on average: every slot its
+        prompt's blocks (through its prompt index) and the live completion blocks."""
+        run = self.last_run
+        steps = max(int(run["steps"]), 1)
+        slots = self.pool_size(run["rows"])
+        live = int(run["blocks"]) / steps * self.block
+        return self._token_bytes * slots * (run["prompt_slots"] + live)
 
 
 __all__ = ["ContinuousEngine", "PromptCache", "rollout", "prefill_prompts", "decode_layers",
