@@ -142,6 +142,9 @@ def base_config() -> ConfigDict:
         rollout_is_threshold=2.0,  # C
         rollout_is_threshold_lower=0.0,  # mask: the lower bound; 0 = 1 / C
         logprob_micro_batch=0,  # rollouts per old/ref log-prob forward; 0 = train.micro_batch
+        # auto: no old-log-prob forward when the update is strictly on-policy (one update of
+        # one epoch per rollout batch, no KL in the reward, no rollout_is) | never
+        skip_old_logprob="auto",
         reward="",  # guard_jax.rewards name; "" = data.recipe
         reward_knobs="",  # "key=value,..." for the reward's config (e.g. "mode=paper,beta=1.0")
         similarity_model="",  # sentence-transformers dir for ProGuard's OOD-name similarity
@@ -388,6 +391,7 @@ def grpo_choices() -> dict:
             "policy_loss": L.POLICY_LOSSES, "clip_schedule": L.CLIP_SCHEDULES,
             "loss_agg_mode": L.LOSS_AGG_MODES, "filter_by": L.FILTER_BY,
             "dynamic_sampling": ("off", "mask", "overgenerate", "regenerate"),
+            "skip_old_logprob": ("auto", "never"),
             "rollout_is": LEVELS, "rollout_is_mode": MODES}
 
 

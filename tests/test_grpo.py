@@ -307,7 +307,7 @@ def test_update_and_logprob_programs_declare_the_batch_shardings(task, tmp_path)
 
     from guard_jax.training import grpo
     _train(task, tmp_path, **{"train.steps": 1, "train.global_batch": 8,
-                              "train.micro_batch": 8})
+                              "train.micro_batch": 8, "grpo.skip_old_logprob": "never"})
     _, _, logprobs, update = next(iter(grpo._COMPILED.values()))
     # (the prompts enter once per prompt, 2 rows here, and stay replicated)
     split = {"completion", "completion_mask", "old_logp", "ref_logp", "weights", "advantages"}
@@ -344,3 +344,80 @@ def test_batch_placed_in_another_layout_is_resharded():
     (b_sh, _), = fn.compiled.values()
     assert b_sh["completion"].spec[0] == "data"
     np.testing.assert_allclose(np.asarray(out), np.asarray(x.sum(1)))
+
+
+# ---------------------------------------------------------------------------- on-policy skip
+def test_skipped_old_logprob_pass_gives_the_same_loss_and_gradient():
+    """Strictly on-policy, the loss without old log-probs (old = stop_gradient(current)) equals
+    the loss with the old-log-prob forward's output, in value and gradient, on the tiny model
+    (fused head, vanilla loss with the dual clip, entropy and KL terms on)."""
+    import jax
+    from flax import nnx
+
+    from guard_jax.bench.grpo_bench import make_batch
+    from guard_jax.bench.model_bench import make_config
+    from guard_jax.models.qwen2_5_vl.model import init_model
+    from guard_jax.training import grpo
+
+    c = make_config("tiny")
+    graphdef, params = nnx.split(init_model(c, 0), nnx.Param)
+    batch = make_batch(c, 2, 2, 12, 6)
+    settings = grpo.L.LossSettings(temperature=0.9, clip_ratio_dual=3.0, entropy_coeff=0.01,
+                                   kl_coef=0.05)
+    # the old-log-prob pass (GRPOTrainer.logprobs' forward)
+    batch["old_logp"] = grpo.completion_logprobs(nnx.merge(graphdef, params), batch,
+                                                 temperature=0.9, with_entropy=False)[0]
+    batch["ref_logp"] = batch["old_logp"] - 0.3
+
+    def loss(p, b):
+        return grpo._loss(settings, 1, nnx.merge(graphdef, p), b)
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (want, want_m), want_g = grad(params, batch)
+    skipped = {k: v for k, v in batch.items() if k != "old_logp"}
+    (got, got_m), got_g = grad(params, skipped)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    # equal to float32 rounding (the pass's forward rounds apart from the update's), relative
+    # to the largest gradient
+    largest = max(float(np.abs(np.asarray(b)).max()) for b in jax.tree.leaves(want_g))
+    assert largest > 1e-3
+    for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5 * largest)
+    # the diagnostics say what is true: ratio exactly 1, nothing clipped
+    assert float(got_m["pg_clipfrac"]) == 0 and float(got_m["pg_clipfrac_lower"]) == 0
+    assert float(got_m["ppo_kl"]) == 0
+    assert abs(float(want_m["ppo_kl"])) < 1e-6  # the pass measured the same log-probs
+
+
+def test_on_policy_run_skips_the_old_logprob_forward(task, tmp_path, monkeypatch):
+    """global_batch = prompts_per_step x G and one epoch: grpo.skip_old_logprob='auto' runs no
+    old-log-prob forward (only the reference's, kl_coef > 0) and trains to the parameters that
+    'never' (the forward kept) reaches; the logged ratio diagnostics are exact (nothing
+    clipped, ppo_kl 0) and the trainer-sampler gap is still measured."""
+    from guard_jax.training import grpo
+    kw = {"train.steps": 1, "train.global_batch": 8, "train.micro_batch": 4,
+          "train.checkpoint_every": 1}
+    calls = []
+    forward = grpo.GRPOTrainer.logprobs
+
+    def counted(self, params, data, prompts):
+        calls[-1] += 1
+        return forward(self, params, data, prompts)
+
+    monkeypatch.setattr(grpo.GRPOTrainer, "logprobs", counted)
+    for mode in ("auto", "never"):
+        calls.append(0)
+        _train(task, tmp_path / mode, **kw, **{"grpo.skip_old_logprob": mode})
+    assert calls == [1, 2]  # auto: the reference's forward only
+    assert grpo.skips_old_logprob(_run_config(task, **kw))
+    for other in ({"grpo.num_epochs": 2}, {"train.global_batch": 4},
+                  {"grpo.rollout_is": "token"}, {"grpo.kl_in_reward_coef": 0.1}):
+        assert not grpo.skips_old_logprob(_run_config(task, **{**kw, **other})), other
+    auto, never = _metrics(tmp_path / "auto")[0], _metrics(tmp_path / "never")[0]
+    assert auto["actor/pg_clipfrac"] == 0 and auto["actor/ppo_kl"] == 0
+    assert 0 <= auto["rollout/logprob_diff"] < 1e-4
+    assert abs(auto["rollout/logprob_diff"] - never["rollout/logprob_diff"]) < 1e-5
+    np.testing.assert_allclose(auto["loss"], never["loss"], rtol=1e-5, atol=1e-7)
+    a, b = _params(str(tmp_path / "auto"), 1), _params(str(tmp_path / "never"), 1)
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6

@@ -209,6 +209,34 @@ def test_ratio_one_means_plain_policy_gradient(inputs):
     np.testing.assert_allclose(np.asarray(g), -adv[:, None] * w / w.sum(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("policy", L.POLICY_LOSSES)
+def test_no_old_logp_is_the_on_policy_loss(inputs, policy):
+    """old_logp=None (the skipped old-log-prob forward, docs/grpo.md#old-log-probs) gives the
+    value, gradient and metrics of old = the current log-probs as constants: ratio 1, nothing
+    clipped, ppo_kl 0, for every policy loss."""
+    logits, tokens, _, ref, adv, w = inputs
+    s = L.LossSettings(policy_loss=policy, kl_coef=0.1, entropy_coeff=0.01, kl_cov_ratio=0.2,
+                       clip_ratio_dual=3.0 if policy == "vanilla" else 0.0)
+
+    def f(z, old):
+        logp, ent = L.token_logprobs(z, jnp.asarray(tokens), with_entropy=True)
+        if old == "same":
+            old = jax.lax.stop_gradient(logp)
+        return L.policy_loss(logp, old, adv, w, s, eps_low=0.2, eps_high=0.28, ref_logp=ref,
+                             entropy=ent)
+
+    z = jnp.asarray(logits)
+    (want, want_m), want_g = jax.value_and_grad(lambda z: f(z, "same"), has_aux=True)(z)
+    (got, got_m), got_g = jax.value_and_grad(lambda z: f(z, None), has_aux=True)(z)
+    assert float(got) == float(want)
+    np.testing.assert_array_equal(np.asarray(got_g), np.asarray(want_g))
+    assert np.abs(np.asarray(got_g)).max() > 1e-3
+    assert float(got_m["ppo_kl"]) == 0.0
+    for k in ("pg_clipfrac", "pg_clipfrac_lower"):
+        if k in got_m:
+            assert float(got_m[k]) == 0.0, k
+
+
 # ---------------------------------------------------------------------------- KL estimators
 def test_kl_estimators():
     logp = jnp.asarray([-1.0, -2.0, -0.5, -30.0])

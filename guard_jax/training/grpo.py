@@ -10,6 +10,8 @@ One rollout step (docs/grpo.md#algorithm):
      until P groups are valid or grpo.max_regenerations is reached, then trains on what exists
      with the degenerate rest masked, and logs it;
   3. old log-probs (and the reference's, when a KL term is on) with the training forward;
+     the old-log-prob forward is skipped when the update is strictly on-policy
+     (`skips_old_logprob`, docs/grpo.md#old-log-probs);
   4. advantages by grpo.adv_estimator (KL-in-reward first subtracted from the reward), and the
      rollout correction's weights (grpo.rollout_is);
   5. num_epochs x mini-batches (train.global_batch rollouts) of the policy loss, each
@@ -181,15 +183,35 @@ def _logprobs(graphdef, mesh, temperature, params, batch):
                                    with_entropy=False)[0]
 
 
+def skips_old_logprob(run) -> bool:
+    """True when a step needs no old-log-prob forward (docs/grpo.md#old-log-probs): one
+    optimizer update of one epoch per rollout batch (train.global_batch = prompts_per_step x
+    G, num_epochs 1: every micro-batch sees the parameters that sampled), nothing reads the old
+    log-probs before the update (no KL in the reward, no rollout correction), and
+    grpo.skip_old_logprob is "auto". The loss then takes old = stop_gradient(current)."""
+    g = run.grpo
+    return bool(g.skip_old_logprob == "auto" and g.num_epochs == 1
+                and run.train.global_batch == g.prompts_per_step * g.num_generations
+                and not g.rollout_is and not g.kl_in_reward_coef)
+
+
 def _loss(settings: L.LossSettings, accum: int, model, batch, fused: bool = True):
+    """(loss x accum, metrics) of one micro-batch. Without `old_logp` in the batch the update
+    is on-policy (skips_old_logprob); `sampler_logp` with `n_completion` (the mini-batch's
+    completion tokens) adds the metric `rollout_logprob_diff`, the mean |trainer - sampler|
+    log-prob that the skipped forward would otherwise have measured."""
     logp, entropy = completion_logprobs(model, batch, temperature=settings.temperature,
                                         with_entropy=True,
                                         entropy_grad=bool(settings.entropy_coeff), fused=fused)
     loss, metrics = L.policy_loss(
-        logp, batch["old_logp"], batch["advantages"], batch["weights"], settings,
+        logp, batch.get("old_logp"), batch["advantages"], batch["weights"], settings,
         eps_low=batch["eps_low"], eps_high=batch["eps_high"], ref_logp=batch.get("ref_logp"),
         entropy=entropy, denom=batch["denom"], n_tokens=batch.get("n_tokens"),
         is_weights=batch.get("rollout_is_weights"))
+    if "sampler_logp" in batch:
+        diff = jnp.abs(jax.lax.stop_gradient(logp) - batch["sampler_logp"])
+        metrics["rollout_logprob_diff"] = (
+            jnp.sum(diff * batch["completion_mask"]) / jnp.maximum(batch["n_completion"], 1))
     # optax.MultiSteps averages the micro-batch gradients; each micro-batch loss is already a
     # share of the mini-batch loss (normalised by the mini-batch denominator)
     return loss * accum, metrics
@@ -260,6 +282,7 @@ class GRPOTrainer:
                                          seed=run.train.seed)
         del model, params
         self.needs_ref = self.g.kl_coef > 0 or self.g.kl_in_reward_coef > 0
+        self.skip_old_logprob = skips_old_logprob(run)
         # the KL-in-reward coefficient; its value is saved with each checkpoint (train below)
         self.kl_ctrl = KLController(self.g.kl_in_reward_coef, self.g.kl_ctrl_type,
                                     self.g.kl_target, self.g.kl_horizon)
@@ -397,13 +420,17 @@ class GRPOTrainer:
                     skipped += 1
                     continue
                 mini = {}
+                n_completion = jnp.sum(data["mask"][lo:lo + mb].astype(jnp.float32))
                 for rs, ps in micro_slices(lo, lo + mb, micro, self.G):
                     batch = dict(prompts(ps), completion=data["tokens"][rs],
                                  completion_mask=data["mask"][rs],
-                                 old_logp=data["old_logp"][rs], weights=data["weights"][rs],
+                                 weights=data["weights"][rs],
                                  advantages=data["advantages"][rs], eps_low=eps_low,
                                  eps_high=eps_high, denom=denom, n_tokens=jnp.sum(w))
-                    for k in ("ref_logp", "rollout_is_weights"):
+                    if "old_logp" not in data:  # on-policy: the loss measures the mismatch
+                        batch.update(sampler_logp=data["sampler_logp"][rs],
+                                     n_completion=n_completion)
+                    for k in ("old_logp", "ref_logp", "rollout_is_weights"):
                         if k in data:
                             batch[k] = data[k][rs]
                     self.state, metrics = self._update(self.state, batch)
@@ -430,9 +457,10 @@ class GRPOTrainer:
         data, stats = self.rollout(loader, step, timing)
         prompts = PromptInputs(data["raw"], self.mc)
         t = time.perf_counter()
-        params = self._merge(self.state)
-        data["old_logp"] = self.logprobs(params, data, prompts)
-        jax.block_until_ready(data["old_logp"])
+        if not self.skip_old_logprob:  # skipped: the loss takes stop_gradient(current)
+            params = self._merge(self.state)
+            data["old_logp"] = self.logprobs(params, data, prompts)
+            jax.block_until_ready(data["old_logp"])
         timing["timing_s/old_log_prob"] = time.perf_counter() - t
         mask_f = data["mask"].astype(jnp.float32)
         if self.needs_ref:
@@ -471,6 +499,8 @@ class GRPOTrainer:
         t = time.perf_counter()
         metrics = self.update(data, prompts, step)
         timing["timing_s/update"] = time.perf_counter() - t
+        if "actor/rollout_logprob_diff" in metrics:
+            metrics["rollout/logprob_diff"] = metrics.pop("actor/rollout_logprob_diff")
         timing["timing_s/step"] = time.perf_counter() - t0
         metrics.update(stats, **timing, **self._rollout_stats(data))
         metrics["actor/lr"] = float(self.schedule(max(int(self.state["step"]) // self.accum
@@ -511,9 +541,10 @@ class GRPOTrainer:
             out[f"reward/{k}/std"] = float(jnp.std(v))
         out["reward/mean"] = out["reward/total/mean"]
         out["advantages/abs_mean"] = float(jnp.mean(jnp.abs(data["advantages"])))
-        mask = host_array(data["mask"]).astype(bool)
-        diff = np.abs(host_array(data["sampler_logp"]) - host_array(data["old_logp"]))[mask]
-        out["rollout/logprob_diff"] = float(diff.mean()) if diff.size else 0.0
+        if "old_logp" in data:  # else the update measures it (_loss)
+            mask = host_array(data["mask"]).astype(bool)
+            diff = np.abs(host_array(data["sampler_logp"]) - host_array(data["old_logp"]))[mask]
+            out["rollout/logprob_diff"] = float(diff.mean()) if diff.size else 0.0
         return out
 
 
@@ -619,4 +650,5 @@ def train(run, workdir: str, *, allow_config_change=()) -> dict:
     return {"step": step, **last}
 
 
-__all__ = ["GRPOTrainer", "build_loader", "completion_logprobs", "left_pad", "train"]
+__all__ = ["GRPOTrainer", "build_loader", "completion_logprobs", "left_pad",
+           "skips_old_logprob", "train"]

@@ -180,9 +180,15 @@ def policy_loss(logp, old_logp, advantages, weights, settings: LossSettings, *, 
     over the tokens) or [B, T]; eps_low / eps_high may be traced scalars (a schedule). `denom`
     is the mini-batch normaliser (loss_denominator) and `n_tokens` the mini-batch's weighted
     token count; None computes either over this batch alone. Terms whose coefficient is a
-    Python 0 are not computed."""
+    Python 0 are not computed.
+
+    old_logp None: the update is strictly on-policy (docs/grpo.md#old-log-probs), so the old
+    log-probs are the current ones as constants, `stop_gradient(logp)`: the ratio is exactly
+    1 and the gradient is the one a separate old-log-prob forward would give."""
     s = settings
     logp = logp.astype(jnp.float32)
+    if old_logp is None:
+        old_logp = jax.lax.stop_gradient(logp)
     w = jnp.asarray(weights, jnp.float32)
     adv = jnp.asarray(advantages, jnp.float32)
     if adv.ndim == 1:
