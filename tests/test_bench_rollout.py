@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from bench_args import parse_bench
 from guard_jax.bench import main
 from guard_jax.bench import rollout_bench as rb
@@ -21,25 +24,64 @@ def test_parser_defaults():
 
 def test_bench_rollout_tiny(tmp_path, capsys):
     out = tmp_path / "rollout.json"
-    args = parse_bench(["rollout", "--config-size", "tiny", "--batch", "2", "--prompt-len", "24",
+    args = parse_bench(["rollout", "--config-size", "tiny", "--batch", "4", "--prompt-len", "24",
                    "--max-new-tokens", "6", "--repeats", "1", "--roofline",
-                   "--peak-bandwidth", "20", "--json", str(out)])
+                   "--peak-bandwidth", "20", "--lengths", "guard", "--length-median", "2",
+                   "--engine", "static", "--json", str(out)])
     assert main(args) == 0
     text = capsys.readouterr().out
-    for needle in ("ours (jax.jit)", "transformers+torch", "ratio ours/torch", "of the bandwidth"):
+    for needle in ("ours: static", "transformers (", "ratio static/torch", "of the bandwidth",
+                   "util", "KV B/token", "read/step MB", "KV MB G=8", "lengths: log-normal"):
         assert needle in text, needle
     res = json.loads(out.read_text())
-    assert res["rows"] == 2 and res["max_new_tokens"] == 6
+    assert res["rows"] == 4 and res["max_new_tokens"] == 6
+    targets = np.asarray(res["target_lengths"])
+    assert targets.max() == 6 and targets.min() >= 1 and targets.sum() < 4 * 6
     for side in ("ours", "torch"):
         assert res[side]["tokens_per_s"] > 0 and res[side]["generate"]["median_s"] > 0
     assert res["ratio"] > 0
     # same weights, greedy, the EOS id out of the vocabulary: every token equal, every step run
     assert res["token_agreement"] == 1.0
-    assert res["ours"]["decode_steps"] == 5 and res["ours"]["cache_slots"] == 24 + 6
+    static = res["engines"]["static"]
+    assert static is not None and res["ours"]["decode_steps"] == 5
+    assert res["ours"]["cache_slots"] == 24 + 6
+    # static batching: every row decodes until the longest (the cap) ends
+    cache = 2 * 2 * 4 * 30 * 2 * 16 * 4  # k+v, layers, rows, slots, kv heads, head_dim, f32
+    weights = rb.decode_bytes_per_step(tiny(), 0)["weights"]
+    for side in (static, res["torch"]):
+        assert side["useful_tokens"] == targets.sum() and side["row_steps"] == 4 * 6
+        assert side["utilisation"] == targets.sum() / 24
+        assert side["kv_cache_bytes"] == cache
+        assert side["kv_bytes_per_useful_token"] == cache / targets.sum()
+        assert side["kv_cache_bytes_g8"] == cache * 8 and side["kv_cache_bytes_g16"] == cache * 16
+    assert static["bytes_read_per_step"] == weights + cache   # the whole static cache
+    # transformers' dynamic cache: a step reads the filled part, prompt + 2.5 slots on average
+    assert res["torch"]["kv_bytes_read_per_step"] == cache * (24 + 2.5) / 30
+    assert abs(static["tokens_per_s"] * static["generate"]["median_s"] - targets.sum()) < 1e-6
     r = res["roofline"]
     assert r["peak_bytes_per_s"] == 20e9 and 0 < r["fraction"]
     assert r["bytes_per_step"] == rb.decode_bytes_per_step(tiny(), res["ours"]["cache_bytes"])
-    assert res["ours"]["cache_bytes"] == 2 * 2 * 2 * 30 * 2 * 16 * 4
+    assert res["ours"]["cache_bytes"] == cache
+
+
+def test_guard_lengths_have_a_long_tail_capped_at_max_new_tokens():
+    t = rb.target_lengths(64, 256, "guard", median=40, sigma=1.0)
+    assert t.shape == (64,) and t.min() >= 1 and t.max() == 256
+    assert np.median(t) in (39, 40, 40.5, 41) and t.mean() > 1.2 * np.median(t)  # the tail
+    assert (t == 256).sum() >= 2                                                   # capped
+    assert np.array_equal(t, rb.target_lengths(64, 256, "guard", median=40, sigma=1.0))
+    assert not np.array_equal(t, np.sort(t))   # shuffled over the rows (groups mixed)
+    assert np.array_equal(rb.target_lengths(3, 9), [9, 9, 9])
+
+
+def test_engines_by_name():
+    from guard_jax.errors import InputError
+    from guard_jax.sampling.engines import ENGINES
+    assert rb.engine_names(parse_bench(["rollout"])) == ["static"]
+    names = parse_bench(["rollout", "--engine", "static", "--engine", f"{next(iter(ENGINES))}"])
+    assert rb.engine_names(names) == ["static"]
+    with pytest.raises(InputError, match="--engine nope: unknown rollout engine; known: static"):
+        rb.engine_names(parse_bench(["rollout", "--engine", "static,nope"]))
 
 
 def test_roofline_bytes_by_hand():

@@ -1,13 +1,18 @@
-"""`guard-jax bench rollout`: generation throughput of `guard_jax.generate`, side by side.
+"""`guard-jax bench rollout`: generation throughput of our rollout engines, side by side.
 
-(a) Ours (jitted prefill + one `lax.while_loop` decode over a static KV cache) against
-    transformers' `generate` (torch, its dynamic cache) on the same weights, prompts and
-    lengths in one run. Both sides generate exactly --max-new-tokens tokens per row (the
-    end-of-sequence id is one outside the vocabulary, so no row stops early) and the same
-    greedy tokens are expected; the agreement is printed. Throughput = rows x new tokens /
-    wall time of a whole generate call (host preparation, prefill, decode, copy back), after
-    one warm-up call each, the two sides' calls interleaved; ours also reports its prefill and
-    decode separately.
+(a) Each engine named by --engine (guard_jax/sampling/engines.py) against transformers'
+    `generate` (torch, its dynamic cache) on the same weights, prompts and lengths in one run.
+    The end-of-sequence id is one outside the vocabulary, so no row stops by itself; with
+    --lengths guard each row has a target length (a log-normal with a long tail, capped at
+    --max-new-tokens, docs/sampling.md#measuring-a-rollout) that every side generates:
+    static-batching sides (the `static` engine, transformers) decode every row until the
+    longest ends, which the longest target (= the cap) makes them do; an engine whose call
+    takes `target_lengths=` stops each row at its target. Throughput = useful tokens / wall
+    time of a whole call (host preparation, prefill, decode, copy back), after one warm-up
+    call each, the sides' calls interleaved. Next to it: row-step utilisation (useful tokens
+    / (rows x decode steps)), KV-cache bytes per useful token, cache bytes one decode step
+    reads, and the KV cache for G = 8 and G = 16. The static engine also reports its prefill
+    and decode separately; the greedy tokens of every side are compared with transformers'.
 (b) With --roofline: our decode step against the memory-bandwidth roofline. Each step reads
     the decoder weights, the LM head and the whole static cache; fraction = those bytes /
     step time / peak bandwidth (HBM peak by device kind, or --peak-bandwidth).
@@ -18,7 +23,9 @@ Heavy imports happen inside the functions, so building the CLI parser stays chea
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -72,7 +79,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="also report the decode step against the memory-bandwidth roofline")
     a("--peak-bandwidth", type=float, default=None, metavar="GB/s",
       help="peak memory bandwidth for --roofline (default: by device kind; none for CPUs)")
+    a("--engine", action="append", metavar="NAME",
+      help="rollout engine(s) to measure, repeatable or comma-separated (default: static)")
+    a("--lengths", choices=("fixed", "guard"), default="fixed",
+      help="fixed: every row --max-new-tokens; guard: per-row targets from a log-normal "
+           "with a long tail capped at --max-new-tokens (fixed)")
+    a("--length-median", type=int, default=0,
+      help="guard lengths: median target (default max-new-tokens / 4)")
+    a("--length-sigma", type=float, default=1.0, help="guard lengths: log-normal sigma (1.0)")
     a("--json", metavar="PATH", help="also write every number to this JSON file")
+
+
+def engine_names(args) -> list[str]:
+    """The --engine names in order, checked against ENGINES (default: static)."""
+    from guard_jax.sampling.engines import ENGINES
+    names = [n.strip() for a in (args.engine or ["static"]) for n in a.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown or not names:
+        raise InputError(f"--engine {','.join(unknown) or '(empty)'}: unknown rollout engine; "
+                         f"known: {', '.join(ENGINES)}")
+    return list(dict.fromkeys(names))
+
+
+def target_lengths(rows: int, max_new: int, kind: str = "fixed", median: int = 0,
+                   sigma: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Per-row target lengths [rows] int. guard: the log-normal's quantiles at (i + 0.5) /
+    rows (median, sigma), rounded, in [1, max_new], shuffled over the rows; the longest is
+    set to max_new, as a guard batch's longest analysis runs into the cap."""
+    if kind == "fixed":
+        return np.full(rows, max_new, np.int64)
+    median = median or max(max_new // 4, 1)
+    z = np.array([statistics.NormalDist().inv_cdf((i + 0.5) / rows) for i in range(rows)])
+    t = np.clip(np.rint(median * np.exp(sigma * z)), 1, max_new).astype(np.int64)
+    t[-1] = max_new
+    return np.random.default_rng(seed).permutation(t)
+
+
+def kv_cache_bytes(c, rows: int, slots: int, dtype: str) -> int:
+    """Bytes of a dense keys + values cache of `rows` x `slots` (the static engine's:
+    slots = prompt + max_new_tokens for every row, the prompt tiled G times)."""
+    t = c.text
+    return int(2 * t.num_hidden_layers * rows * slots * t.num_key_value_heads * t.head_dim
+               * np.dtype(dtype).itemsize)
+
+
+def takes_target_lengths(engine) -> bool:
+    return "target_lengths" in inspect.signature(engine.__call__).parameters
 
 
 # ---------------------------------------------------------------------------- the two sides
@@ -91,29 +143,76 @@ def _ours_on_device(c):
     return nnx.merge(graphdef, params)
 
 
-def ours_call(model, inputs, args, no_eos: int):
-    """() -> new token ids [rows, max_new_tokens]: one `guard_jax.generate` call, host
-    preparation and the copy back included."""
-    import guard_jax
-    kw = dict(attention_mask=inputs["attention_mask"], pixel_values=inputs.get("pixel_values"),
-              image_grid_thw=inputs.get("image_grid_thw"), max_new_tokens=args.max_new_tokens,
-              temperature=args.temperature, eos_token_ids=[no_eos], rng=0,
-              num_samples=args.num_samples)
-    return lambda: guard_jax.generate(model, inputs["input_ids"], **kw)
+def sampling_params(model, args, no_eos: int):
+    from guard_jax.sampling.sampler import SamplingParams
+    return SamplingParams(max_new_tokens=args.max_new_tokens, eos_token_ids=(no_eos,),
+                          pad_token_id=model.config.generation_pad_id,
+                          temperature=args.temperature, num_samples=args.num_samples)
 
 
-def ours_phases(model, inputs, args, no_eos: int) -> dict[str, Any]:
-    """The two jitted halves of the same generate call, timed on device-resident inputs."""
+def engine_call(name: str, model, inputs, args, no_eos: int, targets):
+    """(engine, () -> SampleOutput as numpy): one call of engine `name`, host preparation
+    (M-RoPE positions, vision segments, transfer) and the copy back included. `targets`
+    [rows] are passed as `target_lengths` when the engine's call takes them."""
     import jax
     from flax import nnx
-    from guard_jax.sampling.generate import sampler_for
-    from guard_jax.sampling.sampler import SamplingParams
+    from guard_jax.distributed import host_array
+    from guard_jax.sampling.engines import make_engine
+    from guard_jax.sampling.sampler import SampleOutput
 
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, eos_token_ids=(no_eos,),
-                            pad_token_id=model.config.generation_pad_id,
-                            temperature=args.temperature, num_samples=args.num_samples)
     graphdef, state = nnx.split(model)
-    sampler = sampler_for(graphdef, params)  # the one generate() used: compiled already
+    engine = make_engine(name, graphdef, sampling_params(model, args, no_eos))
+    kw = {"target_lengths": targets} if takes_target_lengths(engine) else {}
+    key = jax.random.key(0)
+
+    def call():
+        batch = jax.device_put(model.prepare_inputs(
+            inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw")))
+        return SampleOutput(*(host_array(a) for a in engine(state, batch, key, **kw)))
+    return engine, call
+
+
+def engine_metrics(c, engine, out, args, targets, *, forced: bool, static: bool,
+                   weights: int) -> dict:
+    """Utilisation and cache figures of one engine's output (docs/sampling.md#measuring-a-
+    rollout). Useful tokens: the targets' sum for a static-batching engine (which runs every
+    row to the longest), else the rows' lengths. Row-steps = decode rows (`pool_size(rows)`
+    where the engine has a pool) x decode steps + one prefill-chosen first token per row.
+    The cache figures come from the engine's
+    `kv_cache_bytes(prompts, prompt_len, num_samples=G)` and `kv_bytes_read_per_step(out)`
+    where it has them; the static engine's are computed (a dense cache of rows x (prompt +
+    max_new) slots, read whole every step); otherwise None (not reported)."""
+    rows, n = targets.size, args.max_new_tokens
+    useful = int(targets.sum()) if static else int(np.sum(out.lengths))
+    pool = engine.pool_size(rows) if hasattr(engine, "pool_size") else rows
+    row_steps = pool * int(out.steps) + rows
+
+    def kv(g):
+        if hasattr(engine, "kv_cache_bytes"):
+            return int(engine.kv_cache_bytes(args.batch, args.prompt_len, num_samples=g))
+        return (kv_cache_bytes(c, args.batch * g, args.prompt_len + n, args.dtype)
+                if static else None)
+
+    cache = kv(args.num_samples)
+    read = (int(engine.kv_bytes_read_per_step(out)) if hasattr(engine, "kv_bytes_read_per_step")
+            else cache)
+    return {"useful_tokens": useful, "row_steps": int(row_steps), "decode_rows": int(pool),
+            "utilisation": useful / row_steps, "kv_cache_bytes": cache,
+            "kv_bytes_per_useful_token": None if cache is None else cache / useful,
+            "kv_bytes_read_per_step": read,
+            "bytes_read_per_step": None if read is None else weights + read,
+            "lengths_forced": forced, "kv_cache_bytes_g8": kv(8), "kv_cache_bytes_g16": kv(16)}
+
+
+def ours_phases(sampler, model, inputs, args) -> dict[str, Any]:
+    """The two jitted halves of the static engine's call (`sampler`, compiled already),
+    timed on device-resident inputs."""
+    import jax
+    from flax import nnx
+
+    _, state = nnx.split(model)
     batch = jax.device_put(model.prepare_inputs(
         inputs["input_ids"], attention_mask=inputs["attention_mask"],
         pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw")))
@@ -207,6 +306,7 @@ def main(args: argparse.Namespace) -> int:
     import jax
 
     c = make_config(args.config_size, args.dtype)
+    names = engine_names(args)
     if args.num_samples > 1 and args.temperature == 0 and not args.skip_torch:
         raise InputError("--num-samples > 1 needs --temperature > 0 (transformers' greedy "
                          "generate returns one sequence per prompt)")
@@ -239,42 +339,99 @@ def main(args: argparse.Namespace) -> int:
             hf = Qwen2_5_VLForConditionalGeneration(c.to_transformers()).to(tdtype).eval()
             model = _ours_from_torch(hf, args.dtype)
 
-    calls = {"ours": ours_call(model, inputs, args, no_eos)}
+    targets = target_lengths(rows, args.max_new_tokens, args.lengths, args.length_median,
+                             args.length_sigma)
+    res.update(engines={}, lengths=args.lengths, target_lengths=targets.tolist())
+    if args.lengths == "guard":
+        print(f"  lengths: log-normal, median {args.length_median or args.max_new_tokens // 4}, "
+              f"sigma {args.length_sigma}, capped at {args.max_new_tokens}: mean "
+              f"{targets.mean():.1f}, {int(targets.sum())} useful tokens of "
+              f"{rows * args.max_new_tokens}")
+    engines, calls = {}, {}
+    for name in names:
+        engines[name], calls[name] = engine_call(name, model, inputs, args, no_eos, targets)
     if hf is not None:
         calls["torch"] = torch_call(hf, inputs, args, no_eos, c.generation_pad_id)
     first, times = time_calls(calls, args.repeats)
-    ours = ours_phases(model, inputs, args, no_eos)
-    new_tokens = rows * args.max_new_tokens
-    res["ours"] = dict(generate=summarize(times["ours"]),
-                       first_call_s=times["ours_first_call_s"], **ours)
-    res["ours"]["tokens_per_s"] = new_tokens / res["ours"]["generate"]["median_s"]
-    print(f"  (a) ours (jax.jit):         {res['ours']['tokens_per_s']:10.1f} tokens/s  "
-          f"(generate {res['ours']['generate']['median_s'] * 1e3:.1f} ms: prefill "
-          f"{ours['prefill']['median_s'] * 1e3:.1f} ms, decode "
-          f"{ours['decode']['median_s'] * 1e3:.1f} ms for {ours['decode_steps']} steps; "
-          f"first call with compile {res['ours']['first_call_s']:.1f} s)")
+    weights = decode_bytes_per_step(c, 0)["weights"]
+    print(f"  {'(a) side':28s}{'tokens/s':>10s}{'util':>7s}{'KV MB':>9s}{'KV B/token':>12s}"
+          f"{'read/step MB':>14s}{'KV MB G=8':>11s}{'G=16':>9s}")
+
+    def row(label, r):
+        def f(key, width, scale=1e-6, fmt=".1f"):
+            v = r[key]
+            return f"{'n/a':>{width}s}" if v is None else f"{v * scale:{width}{fmt}}"
+        print(f"  {label:28s}{r['tokens_per_s']:10.1f}{r['utilisation']:7.1%}"
+              f"{f('kv_cache_bytes', 9)}{f('kv_bytes_per_useful_token', 12, 1, '.0f')}"
+              f"{f('bytes_read_per_step', 14)}{f('kv_cache_bytes_g8', 11)}"
+              f"{f('kv_cache_bytes_g16', 9)}")
+
+    for name, engine in engines.items():
+        out = first[name]
+        # static batching runs every row to the longest target, which is the cap
+        forced = takes_target_lengths(engine) or name == "static" or args.lengths == "fixed"
+        r = dict(generate=summarize(times[name]), first_call_s=times[name + "_first_call_s"],
+                 decode_steps=int(out.steps),
+                 **engine_metrics(c, engine, out, args, targets, forced=forced,
+                                  static=name == "static", weights=weights))
+        r["tokens_per_s"] = r["useful_tokens"] / r["generate"]["median_s"]
+        res["engines"][name] = r
+        row(f"ours: {name}" + ("" if forced else " (unforced)"), r)
+    ours = None
+    if "static" in engines:
+        ours = ours_phases(engines["static"], model, inputs, args)
+        res["engines"]["static"].update(ours)
+        print(f"      static: prefill {ours['prefill']['median_s'] * 1e3:.1f} ms, decode "
+              f"{ours['decode']['median_s'] * 1e3:.1f} ms for {ours['decode_steps']} steps; "
+              f"first call with compile {res['engines']['static']['first_call_s']:.1f} s")
+    res["ours"] = res["engines"][next(iter(engines))]
     if hf is not None:
         import torch
-        res["torch"] = {"generate": summarize(times["torch"]),
-                        "first_call_s": times["torch_first_call_s"],
-                        "threads": torch.get_num_threads(), "torch_version": torch.__version__}
-        res["torch"]["tokens_per_s"] = new_tokens / res["torch"]["generate"]["median_s"]
-        res["ratio"] = res["ours"]["tokens_per_s"] / res["torch"]["tokens_per_s"]
-        theirs, mine = first["torch"], first["ours"]
-        if theirs.shape != mine.shape:
-            raise RuntimeError(f"transformers generated {theirs.shape} tokens, ours "
-                               f"{mine.shape}: the two runs are not comparable")
-        res["token_agreement"] = float(np.mean(theirs == mine))
-        print(f"      transformers+torch:     {res['torch']['tokens_per_s']:10.1f} tokens/s  "
-              f"(generate {res['torch']['generate']['median_s'] * 1e3:.1f} ms, "
-              f"{res['torch']['threads']} threads)")
-        agree = (f"  (greedy tokens equal: {res['token_agreement']:.1%})"
-                 if args.temperature == 0 else "")
-        print(f"      ratio ours/torch:       {res['ratio']:10.2f}x tokens/s{agree}")
+        n, length = args.max_new_tokens, args.prompt_len
+        theirs = first["torch"]
+        # transformers' dynamic cache ends with every row's prompt + N slots; a step reads
+        # the filled part, on average prompt + (N - 1) / 2 slots
+        t = {"generate": summarize(times["torch"]), "first_call_s": times["torch_first_call_s"],
+             "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+             "useful_tokens": int(targets.sum()), "row_steps": rows * n,
+             "kv_cache_bytes": kv_cache_bytes(c, rows, length + n, args.dtype),
+             "kv_bytes_read_per_step": kv_cache_bytes(c, rows, length + (n - 1) / 2,
+                                                      args.dtype),
+             "kv_cache_bytes_g8": kv_cache_bytes(c, args.batch * 8, length + n, args.dtype),
+             "kv_cache_bytes_g16": kv_cache_bytes(c, args.batch * 16, length + n, args.dtype)}
+        t.update(utilisation=t["useful_tokens"] / t["row_steps"],
+                 kv_bytes_per_useful_token=t["kv_cache_bytes"] / t["useful_tokens"],
+                 bytes_read_per_step=weights + t["kv_bytes_read_per_step"],
+                 tokens_per_s=t["useful_tokens"] / t["generate"]["median_s"])
+        res["torch"] = t
+        row(f"transformers ({t['threads']} threads)", t)
+        for name in engines:
+            mine = first[name].tokens
+            if theirs.shape != mine.shape:
+                raise RuntimeError(f"transformers generated {theirs.shape} tokens, engine "
+                                   f"{name} {mine.shape}: the runs are not comparable")
+            e = res["engines"][name]
+            # compared over each row's target: static batching runs on past it
+            keep = np.arange(theirs.shape[1])[None] < targets[:, None]
+            e["token_agreement"] = float(np.mean((theirs == mine)[keep]))
+            e["ratio"] = e["tokens_per_s"] / t["tokens_per_s"]
+            agree = (f"  (greedy tokens equal: {e['token_agreement']:.1%})"
+                     if args.temperature == 0 else "")
+            print(f"      ratio {name}/torch: {e['ratio']:6.2f}x tokens/s{agree}")
+        res["ratio"], res["token_agreement"] = res["ours"]["ratio"], res["ours"]["token_agreement"]
+    if len(engines) > 1:
+        base = res["engines"][next(iter(engines))]["tokens_per_s"]
+        for name in list(engines)[1:]:
+            print(f"      ratio {name}/{next(iter(engines))}: "
+                  f"{res['engines'][name]['tokens_per_s'] / base:6.2f}x tokens/s")
 
     if args.roofline:
         peak = args.peak_bandwidth * 1e9 if args.peak_bandwidth else peak_bandwidth(device)
-        if peak is None:
+        if ours is None:
+            res["roofline"] = {"skipped": "the roofline is of the static engine: add "
+                                          "--engine static"}
+            print(f"  (b) roofline: {res['roofline']['skipped']}")
+        elif peak is None:
             res["roofline"] = {"skipped": f"no peak bandwidth known for {device!r}; pass "
                                           "--peak-bandwidth GB/s"}
             print(f"  (b) roofline: {res['roofline']['skipped']}")
@@ -293,4 +450,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "main", "peak_bandwidth", "decode_bytes_per_step"]
+__all__ = ["add_arguments", "main", "peak_bandwidth", "decode_bytes_per_step", "engine_names",
+           "target_lengths", "kv_cache_bytes"]
