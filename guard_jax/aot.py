@@ -234,9 +234,10 @@ def _batch(fields: dict, mesh, rules=None):
 
 
 def _prompts(mc, rows: int, length: int, run) -> dict:
-    from guard_jax.plan import abstract_batch
+    from guard_jax.plan import abstract_batch, video_budget
     from guard_jax.training.grpo import PROMPT_KEYS
-    b = abstract_batch(mc, rows, length, run.data.images_per_sample, run.data.max_pixels)
+    b = abstract_batch(mc, rows, length, run.data.images_per_sample, run.data.max_pixels,
+                       **video_budget(run))
     return {k: v for k, v in b.items() if k in PROMPT_KEYS}
 
 
@@ -244,12 +245,13 @@ def sft_programs(run, mc, mesh) -> list[Compiled]:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from guard_jax.plan import abstract_batch
+    from guard_jax.plan import abstract_batch, video_budget
     from guard_jax.training.train_step import build_step
 
     graphdef, state, tx, lora = _state(run, mc, mesh)
     batch = _batch(abstract_batch(mc, run.train.micro_batch, run.data.seq_len,
-                                  run.data.images_per_sample, run.data.max_pixels), mesh)
+                                  run.data.images_per_sample, run.data.max_pixels,
+                                  **video_budget(run)), mesh)
     sh = jax.tree.map(lambda x: x.sharding, state)
     step = jax.jit(build_step(graphdef, tx, mesh=mesh, lora=lora),
                    in_shardings=(sh, {k: v.sharding for k, v in batch.items()}),

@@ -147,7 +147,8 @@ def arithmetic_plan(run, n_devices: int) -> Plan:
     # with a narrower compute dtype the logits before the cast (and d logits after it) add cb
     logits = tok * (t.vocab_size / tensor) * (4 + (cb if cb < 4 else 0))
     v = mc.vision
-    patches = b * run.data.images_per_sample * (run.data.max_pixels // (v.patch_size**2))
+    patches = b * vision_patches(mc, run.data.images_per_sample, run.data.max_pixels,
+                                 **video_budget(run))
     vd, vh, vf = v.hidden_size, v.num_heads / tensor, v.intermediate_size / tensor
     window = v.window_merged**2 * v.merge_unit
     vis_probs = vh * patches * window * (4 + cb)  # windows of <= 64 patches (full blocks: chunked)
@@ -160,7 +161,10 @@ def arithmetic_plan(run, n_devices: int) -> Plan:
     if warning:
         notes.insert(0, "WARNING: " + warning)
     notes.append(f"activations: estimate for remat={policy!r}, {b:g} sequence(s) of {seq} "
-                 f"tokens and {patches:g} image patches per device; text attention counted with "
+                 f"tokens and {patches:g} image and video patches per device (images_per_sample "
+                 f"x max_pixels / {v.patch_size ** 2} + videos_per_sample x max_frames / "
+                 f"{v.temporal_patch_size} x video_max_pixels / {v.patch_size ** 2} per "
+                 "sequence); text attention counted with "
                  "materialised float32 scores (the XLA path; cuDNN/splash keep far less)")
 
     if run.trainer == "grpo":
@@ -205,7 +209,7 @@ def compiled_plan(run, mesh_shape) -> dict[str, float]:
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          state, sh)
     batch = abstract_batch(mc, run.train.micro_batch, run.data.seq_len,
-                           run.data.images_per_sample, run.data.max_pixels)
+                           run.data.images_per_sample, run.data.max_pixels, **video_budget(run))
     b_sh = batch_shardings(batch, mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_sh[k]) for k, v in batch.items()}
     step = build_step(graphdef, tx, mesh=mesh)
@@ -219,26 +223,63 @@ def compiled_plan(run, mesh_shape) -> dict[str, float]:
             "total": total}
 
 
-def abstract_batch(mc, batch: int, seq: int, images: int, max_pixels: int) -> dict:
+def video_budget(run) -> dict:
+    """The video keyword arguments of `abstract_batch` / `vision_patches` from a run config."""
+    d = run.data
+    return {"videos": d.videos_per_sample, "max_frames": d.max_frames,
+            "video_max_pixels": d.video_max_pixels}
+
+
+def _frame_side(v, max_pixels: int) -> int:
+    """Patches per side of the largest square frame under max_pixels (a multiple of the
+    merge size, at least one merged token)."""
+    side = int(math.isqrt(max_pixels)) // (v.patch_size * v.spatial_merge_size)
+    return max(side, 1) * v.spatial_merge_size
+
+
+def _temporal_patches(v, max_frames: int) -> int:
+    return -(-max_frames // v.temporal_patch_size)  # odd counts are padded with the last frame
+
+
+def vision_patches(mc, images: int, max_pixels: int, *, videos: int = 0, max_frames: int = 0,
+                   video_max_pixels: int = 0) -> int:
+    """Vision-tower patches per sequence at most: images of max_pixels and videos of
+    max_frames frames of video_max_pixels (docs/model.md#video)."""
+    v = mc.vision
+    out = images * (max_pixels // v.patch_size**2)
+    if videos:
+        out += videos * _temporal_patches(v, max_frames) * (video_max_pixels // v.patch_size**2)
+    return out
+
+
+def abstract_batch(mc, batch: int, seq: int, images: int, max_pixels: int, *, videos: int = 0,
+                   max_frames: int = 0, video_max_pixels: int = 0) -> dict:
     """Shapes of a train batch: `images` images per sample of the largest grid under
-    max_pixels (square), token layout of the model's forward."""
+    max_pixels (square) and `videos` videos of max_frames frames of the largest square frame
+    under video_max_pixels, token layout of the model's forward (images and videos share the
+    vision rows: docs/model.md#video)."""
     import jax
     import jax.numpy as jnp
     v = mc.vision
-    side = int(math.isqrt(max_pixels)) // (v.patch_size * v.spatial_merge_size)
-    side = max(side, 1) * v.spatial_merge_size  # patches per side of the largest square image
-    patches = images * side * side  # per sample
+    vmw = v.window_merged
+    side = _frame_side(v, max_pixels)
+    # (frames, patches per frame, windows per frame) of each kind of item
+    kinds = [(images, side)]
+    if videos:
+        kinds.append((videos * _temporal_patches(v, max_frames), _frame_side(v, video_max_pixels)))
+    frames = sum(n for n, _ in kinds)
+    patches = sum(n * sd * sd for n, sd in kinds)  # per sample
+    windows = sum(n * (-(-(sd // v.spatial_merge_size) // vmw)) ** 2 for n, sd in kinds)
     i32 = jnp.int32
     out = {k: jax.ShapeDtypeStruct((batch, seq), i32)
            for k in ("input_ids", "attention_mask", "labels", "loss_mask")}
     out["position_ids"] = jax.ShapeDtypeStruct((3, batch, seq), i32)
-    if images:
-        vmw = v.window_merged
-        windows = images * (-(-(side // 2) // vmw)) ** 2
+    if frames:
         out["pixel_values"] = jax.ShapeDtypeStruct((batch, patches, v.patch_dim), jnp.float32)
         out["pos_hw"] = jax.ShapeDtypeStruct((batch, patches, 2), i32)
         out["win_idx"] = jax.ShapeDtypeStruct((batch, windows, vmw * vmw * v.merge_unit), i32)
-        out["full_idx"] = jax.ShapeDtypeStruct((batch, images, side * side), i32)
+        out["full_idx"] = jax.ShapeDtypeStruct(
+            (batch, frames, max(sd * sd for n, sd in kinds if n)), i32)
     return out
 
 

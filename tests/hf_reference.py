@@ -126,3 +126,85 @@ def left_pad(samples, pad_id):
         ids[i, length - len(s):] = s
         mask[i, length - len(s):] = 1
     return ids, mask
+
+
+# ---------------------------------------------------------------------------- video helpers
+def video_tokens(c: Qwen25VLConfig, grid) -> list[int]:
+    n = int(np.prod(grid)) // c.vision.merge_unit
+    return [c.vision_start_token_id] + [c.video_token_id] * n + [c.vision_end_token_id]
+
+
+def patchify_frames(frames, c: Qwen25VLConfig) -> tuple[np.ndarray, list[int]]:
+    """Frames [T, C, H, W] (H, W multiples of patch_size x merge_size) -> (pixel_values_videos,
+    grid_thw) in the Qwen2-VL video processor's layout: an odd T is padded by repeating the
+    last frame, then patches of temporal_patch_size frames in merge-block-major order."""
+    v = c.vision
+    frames = np.asarray(frames, np.float32)
+    tp, p, m = v.temporal_patch_size, v.patch_size, v.spatial_merge_size
+    if len(frames) % tp:
+        pad = np.repeat(frames[-1:], tp - len(frames) % tp, axis=0)
+        frames = np.concatenate([frames, pad])
+    t, ch, h, w = frames.shape
+    gt, gh, gw = t // tp, h // p, w // p
+    x = frames.reshape(gt, tp, ch, gh // m, m, p, gw // m, m, p)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, ch * tp * p * p), [gt, gh, gw]
+
+
+def mm_token_type_ids(ids, c: Qwen25VLConfig) -> torch.Tensor:
+    """transformers' modality ids: text 0, image 1, video 2."""
+    ids = np.asarray(ids)
+    out = (ids == c.image_token_id).astype(np.int64) + 2 * (ids == c.video_token_id)
+    return torch.as_tensor(out, dtype=torch.long)
+
+
+def hf_mm_kwargs(c: Qwen25VLConfig, ids, *, pv=None, grid=None, pv_videos=None,
+                 video_grid=None, second_per_grid_ts=None) -> dict:
+    """transformers' keyword arguments for images and videos (with mm_token_type_ids, so it
+    computes M-RoPE positions)."""
+    kw = {"mm_token_type_ids": mm_token_type_ids(ids, c)}
+    if pv is not None:
+        kw["pixel_values"] = torch.as_tensor(np.asarray(pv, np.float32))
+        kw["image_grid_thw"] = torch.as_tensor(np.asarray(grid), dtype=torch.long)
+    if pv_videos is not None:
+        kw["pixel_values_videos"] = torch.as_tensor(np.asarray(pv_videos, np.float32))
+        kw["video_grid_thw"] = torch.as_tensor(np.asarray(video_grid), dtype=torch.long)
+    if second_per_grid_ts is not None:
+        # the processor's list of floats becomes a float32 tensor
+        kw["second_per_grid_ts"] = torch.tensor([float(s) for s in second_per_grid_ts])
+    return kw
+
+
+def hf_video_logits(model, c: Qwen25VLConfig, ids, mask=None, **mm) -> np.ndarray:
+    """Reference logits for inputs with videos (and images): `mm` as for hf_mm_kwargs."""
+    t = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+    kw = hf_mm_kwargs(c, ids, **mm)
+    if mask is not None:
+        kw["attention_mask"] = torch.as_tensor(np.asarray(mask), dtype=torch.long)
+    model.model.rope_deltas = None
+    with torch.no_grad():
+        return model(input_ids=t, **kw).logits.float().numpy()
+
+
+def assert_logits_close(name, out, ref, ids, mask, diffs: dict, tol: float) -> float:
+    """Max |out - ref| over the non-padding positions, recorded in `diffs[name]`; fails above
+    `tol`, on non-finite logits, or when the reference is too flat to tell models apart."""
+    out, ref = np.asarray(out), np.asarray(ref)
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    valid = np.ones(np.shape(ids), bool) if mask is None else np.asarray(mask).astype(bool)
+    assert np.isfinite(out[valid]).all()
+    assert ref[valid].std() > 1e-2, "reference logits are degenerate; the comparison is vacuous"
+    diff = float(np.abs(out - ref)[valid].max())
+    diffs[name] = diff
+    assert diff <= tol, f"{name}: max |Δlogits| = {diff:.3e} > {tol} (ref absmax " \
+                        f"{np.abs(ref[valid]).max():.3g})"
+    return diff
+
+
+def reference_pair(c: Qwen25VLConfig, folder, seed: int = 0):
+    """(transformers model with perturbed weights, guard_jax's float32 model loaded from its
+    save_pretrained in `folder`)."""
+    import guard_jax
+    hf = build_hf_model(c, seed=seed)
+    save_hf_reference(hf, folder)
+    return hf, guard_jax.load_hf(folder, dtype="float32", progress=False)

@@ -55,3 +55,31 @@ def test_plan_warns_when_the_micro_batch_does_not_split():
     ok = load_config(CONFIG, ["--config.mesh.data=1", "--config.mesh.fsdp=-1",
                               "--config.mesh.tensor=1"])
     assert not any("WARNING" in n for n in plan.arithmetic_plan(ok, 8).notes)
+
+
+def test_plan_counts_video_patches():
+    """data.videos_per_sample x max_frames / temporal_patch_size x video_max_pixels / 196
+    patches per sequence join the images' in the activation estimate, and the abstract batch
+    has the shapes the model's vision rows get for the largest video (images then videos)."""
+    import numpy as np
+
+    from guard_jax.models.qwen2_5_vl import positions
+    from guard_jax.run_config import model_config
+    base = ["--config.model.preset=small", "--config.data.max_pixels=50176",
+            "--config.data.max_frames=7", "--config.data.video_max_pixels=12544"]
+    no_video = load_config(CONFIG, base)
+    with_video = load_config(CONFIG, base + ["--config.data.videos_per_sample=2"])
+    mc = model_config(with_video)
+    assert plan.vision_patches(mc, 1, 50176, **plan.video_budget(with_video)) == \
+        256 + 2 * 4 * 64  # 7 frames -> 4 temporal patches of 8 x 8
+    a = plan.arithmetic_plan(no_video, 8)
+    b = plan.arithmetic_plan(with_video, 8)
+    assert b.rows["activations (train step)"] > a.rows["activations (train step)"]
+    assert "image and video patches" in b.notes[-1]
+
+    shapes = plan.abstract_batch(mc, 2, 64, 1, 50176, **plan.video_budget(with_video))
+    grids = np.asarray([[1, 16, 16], [4, 8, 8], [4, 8, 8]])
+    real = positions.vision_batch(np.zeros((int(np.prod(grids, 1).sum()), 1176), np.float32),
+                                  grids, [[0, 1, 2]], mc)
+    for k in ("pixel_values", "pos_hw", "win_idx", "full_idx"):
+        assert shapes[k].shape[1:] == real[k].shape[1:], k

@@ -57,6 +57,7 @@ def _as_key(rng, temperature: float):
 
 
 def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_thw=None,
+             pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_ids, rng=None, num_samples: int = 1, mesh=None,
              pad_token_id: int | None = None, rules=SAMPLE_RULES,
@@ -64,7 +65,8 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
     """New token ids [B * num_samples, max_new_tokens] (numpy int32), padded after the EOS.
 
     Arguments follow transformers' `generate` for Qwen2.5-VL: input_ids [B, L] LEFT-padded
-    with attention_mask, pixel_values / image_grid_thw as the image processor makes them.
+    with attention_mask, pixel_values / image_grid_thw as the image processor makes them,
+    pixel_values_videos / video_grid_thw / second_per_grid_ts as the video processor does.
     temperature 0 is greedy; top_k 0 and top_p 1 are off; eos_token_ids is one id or several
     (Qwen instruct models: `config.generation_eos_ids`), and each row stops at the first; the
     pad id is `config.generation_pad_id` unless given. num_samples = G rows per prompt,
@@ -82,7 +84,10 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
         num_samples=int(num_samples))
     key = _as_key(rng, params.temperature)
     batch = model.prepare_inputs(input_ids, attention_mask=mask, pixel_values=pixel_values,
-                                 image_grid_thw=image_grid_thw)
+                                 image_grid_thw=image_grid_thw,
+                                 pixel_values_videos=pixel_values_videos,
+                                 video_grid_thw=video_grid_thw,
+                                 second_per_grid_ts=second_per_grid_ts)
     graphdef, state = nnx.split(model)
     sampler = sampler_for(graphdef, params, mesh, rules)
     state = sampler.place_state(state)

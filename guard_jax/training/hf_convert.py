@@ -94,10 +94,15 @@ def export_checkpoint(ckpt_dir, out, *, step: int | None = None, dtype: str | No
         params = jax.jit(lambda p, a: merge(p, a, lora))(params, state["lora"])
     model = nnx.merge(graphdef, params)
     assets = run.data.tokenizer_dir or run.model.hf_dir or None
-    # the image processor resizes as the run's data pipeline did (docs/export-import.md)
+    # the image and video processors resize (and sample frames) as the run's data pipeline
+    # did (docs/export-import.md)
+    d = run.data  # checkpoints from before the video keys export transformers' defaults
+    video = dict(fps=d.get("video_fps"), min_frames=d.get("min_frames"),
+                 max_frames=d.get("max_frames"), min_pixels=d.get("video_min_pixels"),
+                 max_pixels=d.get("video_max_pixels"))
     return save_hf(model, out, dtype=dtype, assets_from=assets, progress=progress,
-                   overwrite=overwrite, min_pixels=run.data.min_pixels,
-                   max_pixels=run.data.max_pixels)
+                   overwrite=overwrite, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                   video=video)
 
 
 def import_hf(hf_dir, out, *, config_path: str | None = None, overrides=(),

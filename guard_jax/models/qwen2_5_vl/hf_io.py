@@ -387,7 +387,7 @@ def _remove_replaced(old: Path) -> None:
 def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None,
             max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True,
             overwrite: bool = False, min_pixels: int | None = None,
-            max_pixels: int | None = None) -> Path:
+            max_pixels: int | None = None, video: dict | None = None) -> Path:
     """Writes an HF directory that `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads.
 
     Weights go in the hub key layout, in `dtype` (default: the parameters' own dtype), sharded
@@ -395,8 +395,9 @@ def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None
     preprocessor and chat-template files are copied from `assets_from` (default: the directory
     the model was loaded from, if any); the image and video processor configs and the chat
     template it lacks are written from the model config (`min_pixels`/`max_pixels`: the image
-    processor's resizing limits, default the training pipeline's), so `AutoProcessor` loads
-    every export. A crash never leaves a complete-looking directory.
+    processor's resizing limits, default the training pipeline's; `video`: the video
+    processor's frame sampling and limits, see processor_files.video_processor_config), so
+    `AutoProcessor` loads every export. A crash never leaves a complete-looking directory.
     `path` may be new, empty or a previous export; `overwrite` also lets it replace another HF
     directory; anything else is refused (see `check_export_target`).
     """
@@ -433,7 +434,8 @@ def save_hf(model: Qwen25VL, path, *, dtype: str | None = None, assets_from=None
             for fname in ASSET_FILES:
                 if (Path(src) / fname).is_file():
                     shutil.copy2(Path(src) / fname, tmp / fname)
-        write_processor_files(tmp, config, min_pixels=min_pixels, max_pixels=max_pixels)
+        write_processor_files(tmp, config, min_pixels=min_pixels, max_pixels=max_pixels,
+                              video=video)
         _write_json(tmp / EXPORT_MARKER, {"written_by": "guard_jax save_hf",
                                           "files": sorted(p.name for p in tmp.iterdir())})
         check_export_target(path, overwrite=overwrite)  # again: files may have appeared since

@@ -395,12 +395,15 @@ class Qwen25VL(nnx.Module):
 
     # -- host side
     def prepare_inputs(self, input_ids, *, attention_mask=None, pixel_values=None,
-                       image_grid_thw=None, position_ids=None, **kw) -> dict[str, Any]:
-        """Host-side work: validation, M-RoPE positions and vision segments, as numpy arrays."""
+                       image_grid_thw=None, position_ids=None, pixel_values_videos=None,
+                       video_grid_thw=None, second_per_grid_ts=None,
+                       **kw) -> dict[str, Any]:
+        """Host-side work: validation, M-RoPE positions and vision segments, as numpy arrays.
+
+        Images and videos share the vision rows: each sample's row holds its images' patches,
+        then its videos' (docs/model.md#video)."""
         c = self.config
-        pos_lib.check_no_video(input_ids, c, **kw)
-        unknown = sorted(k for k in kw if kw[k] is not None and k not in (
-            "mm_token_type_ids", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"))
+        unknown = sorted(k for k in kw if kw[k] is not None and k != "mm_token_type_ids")
         if unknown:
             raise TypeError(f"unexpected arguments: {unknown}")
         ids = np.asarray(input_ids)
@@ -412,31 +415,22 @@ class Qwen25VL(nnx.Module):
             raise ValueError(f"input_ids hold ids outside [0, {c.text.vocab_size})")
         mask = (np.ones(ids.shape, np.int32) if attention_mask is None
                 else np.asarray(attention_mask).reshape(ids.shape).astype(np.int32))
-        n_img_tok = int((ids == c.image_token_id).sum())
         out: dict[str, Any] = {"input_ids": ids.astype(np.int32), "attention_mask": mask}
-        if pixel_values is not None:
-            if image_grid_thw is None:
-                raise ValueError("pixel_values given without image_grid_thw")
-            grid = np.asarray(image_grid_thw).reshape(-1, 3)
-            pv = pixel_values
-            n_patch = int(np.prod(grid, axis=1).sum())
-            if pv.shape != (n_patch, c.vision.patch_dim):
-                raise ValueError(
-                    f"pixel_values has shape {tuple(pv.shape)}; image_grid_thw {grid.tolist()} "
-                    f"needs ({n_patch}, {c.vision.patch_dim})")
-            expected = n_patch // c.vision.merge_unit
-            if n_img_tok != expected:
-                raise ValueError(
-                    f"Image features and image tokens do not match: input_ids hold {n_img_tok} "
-                    f"image tokens (id {c.image_token_id}) but image_grid_thw {grid.tolist()} "
-                    f"gives {expected} features")
-            per_sample = pos_lib.split_images_by_sample(ids, grid, c, mask)
-            out.update(pos_lib.vision_batch(np.asarray(pv), grid, per_sample, c))
-        elif n_img_tok:
-            raise ValueError(f"input_ids hold {n_img_tok} image tokens but no pixel_values")
+        images = _check_visual(ids, mask, pixel_values, image_grid_thw, c, video=False)
+        videos = _check_visual(ids, mask, pixel_values_videos, video_grid_thw, c, video=True)
+        if second_per_grid_ts is not None and pixel_values_videos is None:
+            raise ValueError("second_per_grid_ts given without pixel_values_videos")
+        if images or videos:
+            n_samples = ids.shape[0]
+            pv, grid, per_sample = pos_lib.join_images_and_videos(
+                pixel_values, image_grid_thw, images or [[]] * n_samples,
+                pixel_values_videos, video_grid_thw, videos or [[]] * n_samples)
+            out.update(pos_lib.vision_batch(pv, grid, per_sample, c))
         if position_ids is None:
             position_ids, _ = pos_lib.get_rope_index(
-                ids, image_grid_thw if pixel_values is not None else None, mask, c)
+                ids, image_grid_thw if images else None, mask, c,
+                video_grid_thw=video_grid_thw if videos else None,
+                second_per_grid_ts=second_per_grid_ts if videos else None)
         else:
             position_ids = np.asarray(position_ids)
             if position_ids.ndim == 2:
@@ -448,10 +442,14 @@ class Qwen25VL(nnx.Module):
         return out
 
     def __call__(self, input_ids, *, attention_mask=None, pixel_values=None, image_grid_thw=None,
-                 position_ids=None, **kw):
+                 position_ids=None, pixel_values_videos=None, video_grid_thw=None,
+                 second_per_grid_ts=None, **kw):
         batch = self.prepare_inputs(input_ids, attention_mask=attention_mask,
                                     pixel_values=pixel_values, image_grid_thw=image_grid_thw,
-                                    position_ids=position_ids, **kw)
+                                    position_ids=position_ids,
+                                    pixel_values_videos=pixel_values_videos,
+                                    video_grid_thw=video_grid_thw,
+                                    second_per_grid_ts=second_per_grid_ts, **kw)
         return _jitted_forward(self, batch)
 
     # -- device side (pure array code)
@@ -460,11 +458,15 @@ class Qwen25VL(nnx.Module):
         if pixel_values is None:
             return x
         feats = self.visual(pixel_values, pos_hw, win_idx, full_idx).astype(x.dtype)
-        # the k-th image token of a sample takes the sample's k-th merged feature
+        # a sample's row holds its images' features, then its videos': the k-th image token
+        # takes feature k, the k-th video token feature (image tokens of the sample) + k
         is_img = input_ids == self.config.image_token_id
-        idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, feats.shape[1] - 1)
+        is_vid = input_ids == self.config.video_token_id
+        idx = jnp.where(is_vid, jnp.sum(is_img, axis=1, keepdims=True) + jnp.cumsum(is_vid, axis=1),
+                        jnp.cumsum(is_img, axis=1))
+        idx = jnp.clip(idx - 1, 0, feats.shape[1] - 1)
         picked = jnp.take_along_axis(feats, idx[..., None], axis=1)
-        return jnp.where(is_img[..., None], picked, x)
+        return jnp.where((is_img | is_vid)[..., None], picked, x)
 
     def hidden_states(self, input_ids, attention_mask, position_ids, pixel_values=None,
                       pos_hw=None, win_idx=None, full_idx=None):
@@ -476,6 +478,35 @@ class Qwen25VL(nnx.Module):
         h = self.hidden_states(input_ids, attention_mask, position_ids, pixel_values, pos_hw,
                                win_idx, full_idx)
         return self.text.logits(h)
+
+
+def _check_visual(ids, mask, pixel_values, grid_thw, c: Qwen25VLConfig, *, video: bool):
+    """Validates one modality's patches against its grids and tokens; -> which items each
+    sample uses (None when the modality is absent)."""
+    what, pv_name = ("video", "pixel_values_videos") if video else ("image", "pixel_values")
+    token = c.video_token_id if video else c.image_token_id
+    n_tok = int((ids == token).sum())
+    if pixel_values is None:
+        if grid_thw is not None and len(np.asarray(grid_thw).reshape(-1, 3)):
+            raise ValueError(f"{what}_grid_thw given without {pv_name}")
+        if n_tok:
+            raise ValueError(f"input_ids hold {n_tok} {what} tokens but no {pv_name}")
+        return None
+    if grid_thw is None:
+        raise ValueError(f"{pv_name} given without {what}_grid_thw")
+    grid = np.asarray(grid_thw).reshape(-1, 3)
+    n_patch = int(np.prod(grid, axis=1).sum())
+    if tuple(pixel_values.shape) != (n_patch, c.vision.patch_dim):
+        raise ValueError(
+            f"{pv_name} has shape {tuple(pixel_values.shape)}; {what}_grid_thw {grid.tolist()} "
+            f"needs ({n_patch}, {c.vision.patch_dim})")
+    expected = n_patch // c.vision.merge_unit
+    if n_tok != expected:
+        raise ValueError(
+            f"{what.capitalize()} features and {what} tokens do not match: input_ids hold "
+            f"{n_tok} {what} tokens (id {token}) but {what}_grid_thw {grid.tolist()} gives "
+            f"{expected} features")
+    return pos_lib.split_images_by_sample(ids, grid, c, mask, video=video)
 
 
 @nnx.jit

@@ -15,32 +15,40 @@ from guard_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 PAD_SEGMENT = -1  # padding patches form their own segment and never mix with real ones
 
 
-def _as_grid(image_grid_thw) -> np.ndarray:
-    if image_grid_thw is None:
+def _as_grid(grid_thw, name: str = "image_grid_thw") -> np.ndarray:
+    if grid_thw is None:
         return np.zeros((0, 3), np.int64)
-    grid = np.asarray(image_grid_thw, dtype=np.int64).reshape(-1, 3)
+    grid = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
     if (grid <= 0).any():
-        raise ValueError(f"image_grid_thw has non-positive entries: {grid.tolist()}")
+        raise ValueError(f"{name} has non-positive entries: {grid.tolist()}")
     return grid
 
 
-def check_no_video(input_ids, config: Qwen25VLConfig, **kw) -> None:
-    for name in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
-        if kw.get(name) is not None:
-            raise NotImplementedError(
-                f"{name} was given: video inputs are not supported by guard_jax's Qwen2.5-VL "
-                "(images only). Pass frames as separate images instead.")
-    if input_ids is not None and (np.asarray(input_ids) == config.video_token_id).any():
-        raise NotImplementedError(
-            f"input_ids contain the video token id {config.video_token_id}: video inputs are not "
-            "supported by guard_jax's Qwen2.5-VL (images only).")
+def _time_steps(second_per_grid_ts, n_videos: int, config: Qwen25VLConfig) -> np.ndarray:
+    """Per video, the float32 temporal-position step tokens_per_second x second_per_grid_ts
+    (1 second when not given), float32 as the processor's tensor makes it."""
+    if second_per_grid_ts is None:
+        sec = np.ones((n_videos,), np.float32)
+    else:
+        sec = np.asarray(second_per_grid_ts, np.float32).reshape(-1)
+        if len(sec) != n_videos:
+            raise ValueError(f"second_per_grid_ts has {len(sec)} entries but video_grid_thw "
+                             f"lists {n_videos} videos")
+        if not (np.isfinite(sec) & (sec >= 0)).all():
+            raise ValueError(f"second_per_grid_ts must be finite and >= 0: {sec.tolist()}")
+    return np.float32(config.vision.tokens_per_second) * sec
 
 
-def get_rope_index(input_ids, image_grid_thw, attention_mask, config: Qwen25VLConfig):
-    """3-axis M-RoPE positions, as transformers' `get_rope_index` for images.
+def get_rope_index(input_ids, image_grid_thw, attention_mask, config: Qwen25VLConfig, *,
+                   video_grid_thw=None, second_per_grid_ts=None):
+    """3-axis M-RoPE positions, as transformers' `get_rope_index` (docs/model.md#positions).
 
-    Returns `position_ids` int32 (3, B, L) and `rope_deltas` int32 (B, 1). Padding positions
-    (attention_mask 0) get position 0 on every axis.
+    Text advances all three axes by 1 per token. An image or video with merged grid
+    (t, lh, lw) starting at position p gets (p + time, p + row, p + column), where time is the
+    temporal-patch index for images and floor(index x tokens_per_second x second_per_grid_ts)
+    for videos; the text after it starts at p + max(lh, lw). Returns `position_ids` int32
+    (3, B, L) and `rope_deltas` int32 (B, 1) (max position + 1 - real tokens). Padding
+    positions (attention_mask 0) get position 0 on every axis.
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
@@ -48,54 +56,67 @@ def get_rope_index(input_ids, image_grid_thw, attention_mask, config: Qwen25VLCo
     b, length = ids.shape
     mask = np.ones_like(ids, dtype=bool) if attention_mask is None else (
         np.asarray(attention_mask).astype(bool))
-    grid = _as_grid(image_grid_thw)
+    kinds = {config.image_token_id: ("image", _as_grid(image_grid_thw)),
+             config.video_token_id: ("video", _as_grid(video_grid_thw, "video_grid_thw"))}
+    n_vid = len(kinds[config.video_token_id][1])
+    steps = _time_steps(second_per_grid_ts, n_vid, config)
     merge = config.vision.spatial_merge_size
     pos = np.zeros((3, b, length), np.int64)
     deltas = np.zeros((b, 1), np.int64)
-    img = 0
+    used = {config.image_token_id: 0, config.video_token_id: 0}
     for i in range(b):
         valid = np.nonzero(mask[i])[0]
         toks = ids[i, valid]
-        is_img = toks == config.image_token_id
+        is_vis = (toks == config.image_token_id) | (toks == config.video_token_id)
         out = np.zeros((3, len(toks)), np.int64)
         cur = 0
         j = 0
         n = len(toks)
         while j < n:
-            if not is_img[j]:
+            if not is_vis[j]:
                 k = j
-                while k < n and not is_img[k]:
+                while k < n and not is_vis[k]:
                     k += 1
                 out[:, j:k] = cur + np.arange(k - j)
                 cur += k - j
                 j = k
                 continue
-            if img >= len(grid):
+            tok = int(toks[j])
+            what, grid = kinds[tok]
+            item = used[tok]
+            if item >= len(grid):
                 raise ValueError(
-                    f"sample {i}: more image-token runs than images in image_grid_thw "
-                    f"({len(grid)} images)")
-            t, h, w = (int(x) for x in grid[img])
+                    f"sample {i}: more {what}-token runs than {what}s in {what}_grid_thw "
+                    f"({len(grid)} {what}s)")
+            t, h, w = (int(x) for x in grid[item])
             lh, lw = h // merge, w // merge
             count = t * lh * lw
             run_end = j
-            while run_end < n and is_img[run_end]:
+            while run_end < n and toks[run_end] == tok:
                 run_end += 1
             if run_end - j < count:
                 raise ValueError(
-                    f"sample {i}: image {img} (grid {[t, h, w]}) needs {count} image tokens but "
-                    f"the run at position {j} has {run_end - j}")
-            ti, hi, wi = np.meshgrid(np.arange(t), np.arange(lh), np.arange(lw), indexing="ij")
+                    f"sample {i}: {what} {item} (grid {[t, h, w]}) needs {count} {what} tokens "
+                    f"but the run at position {j} has {run_end - j}")
+            if what == "video":  # float32 product, truncated, as transformers does
+                times = (np.arange(t, dtype=np.float32) * steps[item]).astype(np.int64)
+            else:
+                times = np.arange(t)
+            ti, hi, wi = np.meshgrid(times, np.arange(lh), np.arange(lw), indexing="ij")
             out[0, j:j + count] = cur + ti.ravel()
             out[1, j:j + count] = cur + hi.ravel()
             out[2, j:j + count] = cur + wi.ravel()
             cur += max(lh, lw)
             j += count
-            img += 1
+            used[tok] += 1
         pos[:, i, valid] = out
         deltas[i, 0] = (out.max() + 1 if n else 0) - n
-    if img != len(grid):
-        raise ValueError(f"image_grid_thw lists {len(grid)} images but input_ids hold image tokens "
-                         f"for {img}")
+    for tok, (what, grid) in kinds.items():
+        if used[tok] != len(grid):
+            raise ValueError(f"{what}_grid_thw lists {len(grid)} {what}s but input_ids hold "
+                             f"{what} tokens for {used[tok]}")
+    if (pos > np.iinfo(np.int32).max).any():
+        raise ValueError("M-RoPE positions exceed int32 (second_per_grid_ts too large)")
     return pos.astype(np.int32), deltas.astype(np.int32)
 
 
@@ -209,32 +230,52 @@ def vision_attention_index(image_grid_thw, config: Qwen25VLConfig,
 
 
 def split_images_by_sample(input_ids, image_grid_thw, config: Qwen25VLConfig,
-                           attention_mask=None) -> list[list[int]]:
-    """Which images (indices into image_grid_thw, in order) each sample's image tokens use."""
+                           attention_mask=None, *, video: bool = False) -> list[list[int]]:
+    """Which images (indices into image_grid_thw, in order) each sample's image tokens use;
+    with `video`, which videos of video_grid_thw its video tokens use."""
+    what = "video" if video else "image"
+    token = config.video_token_id if video else config.image_token_id
     ids = np.asarray(input_ids)
-    grid = _as_grid(image_grid_thw)
+    grid = _as_grid(image_grid_thw, f"{what}_grid_thw")
     mask = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
     tokens = [int(n) for n in np.prod(grid, axis=1) // config.vision.merge_unit]
     out, nxt = [], 0
     for i in range(ids.shape[0]):
         row = ids[i] if mask is None else ids[i][mask[i]]
-        need = int((row == config.image_token_id).sum())
+        need = int((row == token).sum())
         mine = []
         while need > 0:
             if nxt >= len(tokens):
-                raise ValueError(f"sample {i}: image tokens left over after all "
-                                 f"{len(tokens)} images of image_grid_thw were assigned")
+                raise ValueError(f"sample {i}: {what} tokens left over after all "
+                                 f"{len(tokens)} {what}s of {what}_grid_thw were assigned")
             if tokens[nxt] > need:
-                raise ValueError(f"sample {i}: image {nxt} (grid {grid[nxt].tolist()}) needs "
-                                 f"{tokens[nxt]} image tokens but the sample has {need} left")
+                raise ValueError(f"sample {i}: {what} {nxt} (grid {grid[nxt].tolist()}) needs "
+                                 f"{tokens[nxt]} {what} tokens but the sample has {need} left")
             mine.append(nxt)
             need -= tokens[nxt]
             nxt += 1
         out.append(mine)
     if nxt != len(tokens):
-        raise ValueError(f"image_grid_thw lists {len(tokens)} images but input_ids hold image "
-                         f"tokens for {nxt}")
+        raise ValueError(f"{what}_grid_thw lists {len(tokens)} {what}s but input_ids hold "
+                         f"{what} tokens for {nxt}")
     return out
+
+
+def join_images_and_videos(pixel_values, image_grid_thw, images_per_sample,
+                           pixel_values_videos, video_grid_thw, videos_per_sample):
+    """One list of vision items for `vision_batch`: the images, then the videos (their patch
+    rows and grids appended), and per sample its images followed by its videos. The tower
+    treats a video as an image with t temporal patches, and the model's embedding gives a
+    sample's image tokens the first features of its row and its video tokens the rest
+    (docs/model.md#video)."""
+    img_grid = _as_grid(image_grid_thw)
+    vid_grid = _as_grid(video_grid_thw, "video_grid_thw")
+    parts = [np.asarray(x) for x in (pixel_values, pixel_values_videos) if x is not None]
+    pv = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    n_img = len(img_grid)
+    per = [list(im) + [n_img + v for v in vd]
+           for im, vd in zip(images_per_sample, videos_per_sample)]
+    return pv, np.concatenate([img_grid, vid_grid]), per
 
 
 def vision_batch(pixel_values, image_grid_thw, images_per_sample: list[list[int]],

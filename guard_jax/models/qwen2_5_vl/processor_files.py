@@ -48,10 +48,28 @@ def image_processor_config(config: Qwen25VLConfig, *, min_pixels: int | None = N
             **_common(config)}
 
 
-def video_processor_config(config: Qwen25VLConfig) -> dict:
-    """`video_preprocessor_config.json`: the model's patch sizes and the normalisation; frame
-    sampling and pixel limits stay at transformers' Qwen2-VL video defaults."""
-    return {"video_processor_type": "Qwen2VLVideoProcessor", **_common(config)}
+VIDEO_SETTINGS = ("fps", "min_frames", "max_frames", "min_pixels", "max_pixels")
+
+
+def video_processor_config(config: Qwen25VLConfig, video: dict | None = None) -> dict:
+    """`video_preprocessor_config.json`: the model's patch sizes and the normalisation. Frame
+    sampling and pixel limits are `video`'s (keys VIDEO_SETTINGS, as a run's data pipeline
+    samples and resizes: fps with do_sample_frames, the pixel limits both as min/max_pixels
+    and as transformers 5's `size`), else transformers' Qwen2-VL video defaults."""
+    out = {"video_processor_type": "Qwen2VLVideoProcessor", **_common(config)}
+    if video:
+        unknown = sorted(set(video) - set(VIDEO_SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown video processor settings {unknown}; known: "
+                             f"{list(VIDEO_SETTINGS)}")
+        out.update({k: video[k] for k in VIDEO_SETTINGS if video.get(k) is not None})
+        if "fps" in out:
+            out["fps"] = float(out["fps"])
+            out["do_sample_frames"] = True
+        if "min_pixels" in out and "max_pixels" in out:
+            out["size"] = {"shortest_edge": int(out["min_pixels"]),
+                           "longest_edge": int(out["max_pixels"])}
+    return out
 
 
 def _chat_template_of(folder: Path) -> str:
@@ -80,9 +98,10 @@ def _nested_keys(folder: Path) -> set[str]:
 
 
 def write_processor_files(out: Path, config: Qwen25VLConfig, *, min_pixels: int | None = None,
-                          max_pixels: int | None = None) -> list[str]:
+                          max_pixels: int | None = None, video: dict | None = None) -> list[str]:
     """Writes into `out` (which already holds the files copied from the source) each processor
-    file no copied file provides; returns the names written."""
+    file no copied file provides; returns the names written. `video`: see
+    video_processor_config."""
     nested = _nested_keys(out)
     written = []
 
@@ -99,7 +118,7 @@ def write_processor_files(out: Path, config: Qwen25VLConfig, *, min_pixels: int 
         write(IMAGE_PROCESSOR_FILE, image_processor_config(config, min_pixels=min_pixels,
                                                            max_pixels=max_pixels))
     if not (out / VIDEO_PROCESSOR_FILE).is_file() and "video_processor" not in nested:
-        write(VIDEO_PROCESSOR_FILE, video_processor_config(config))
+        write(VIDEO_PROCESSOR_FILE, video_processor_config(config, video))
     if not any((out / n).is_file() for n in (CHAT_TEMPLATE_FILE, LEGACY_CHAT_TEMPLATE_FILE)) \
             and "chat_template" not in nested:
         write(CHAT_TEMPLATE_FILE, _chat_template_of(out))
