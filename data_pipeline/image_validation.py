@@ -51,26 +51,29 @@ class ImagePolicy:
         return self.max_pixels if self.max_pixels is not None else Image.MAX_IMAGE_PIXELS
 
 
-def resolve_under_root(raw: str, root: str | os.PathLike) -> tuple[Path, str]:
+def resolve_under_root(raw: str, root: str | os.PathLike, *, what: str = "image",
+                       ) -> tuple[Path, str]:
     """(absolute path, path relative to root in POSIX form) for a raw path from a dataset file.
 
     Refuses paths that leave the root lexically (`../x`, `/etc/x`) or through a symlink.
-    Absolute paths inside the root are accepted and stored relative to it.
+    Absolute paths inside the root are accepted and stored relative to it. `what` names the
+    file kind in messages and in the reason word of a missing file (`missing_image`, ...).
     """
+    missing = MISSING_IMAGE if what == "image" else f"missing_{what}"
     if not isinstance(raw, str) or not raw.strip():
-        raise ImageProblem(MISSING_IMAGE, f"empty image path {raw!r}")
+        raise ImageProblem(missing, f"empty {what} path {raw!r}")
     if "\x00" in raw:
-        raise ImageProblem(MISSING_IMAGE, f"image path {raw!r} contains a NUL byte")
+        raise ImageProblem(missing, f"{what} path {raw!r} contains a NUL byte")
     root_abs = os.path.abspath(root)
     joined = os.path.normpath(os.path.join(root_abs, raw))  # join keeps `raw` when absolute
     if os.path.commonpath([root_abs, joined]) != root_abs:
-        raise ImageProblem(PATH_ESCAPE, f"image path {raw!r} leaves the dataset root {root_abs}")
+        raise ImageProblem(PATH_ESCAPE, f"{what} path {raw!r} leaves the dataset root {root_abs}")
     real_root, real = os.path.realpath(root_abs), os.path.realpath(joined)
     if os.path.commonpath([real_root, real]) != real_root:
-        raise ImageProblem(PATH_ESCAPE, f"image path {raw!r} resolves to {real}, outside the "
+        raise ImageProblem(PATH_ESCAPE, f"{what} path {raw!r} resolves to {real}, outside the "
                                         f"dataset root {real_root} (symlink)")
     if not os.path.isfile(real):
-        raise ImageProblem(MISSING_IMAGE, f"image file {joined} does not exist")
+        raise ImageProblem(missing, f"{what} file {joined} does not exist")
     return Path(joined), Path(os.path.relpath(joined, root_abs)).as_posix()
 
 

@@ -1,10 +1,11 @@
-"""The grain loader: samples -> rendered, tokenised, image-preprocessed, static-shape batches.
+"""The grain loader: samples -> rendered, tokenised, image/video-preprocessed, static-shape batches.
 
 Pipeline: source -> seeded shuffle, a fresh permutation of the whole dataset each epoch ->
 repeat -> this process's share (every shard_count-th element of that sequence) -> per sample:
-render the recipe's prompt, load and preprocess images, tokenize with loss mask -> drop (count
-and quarantine) bad samples in skip mode -> batches padded to the smallest configured length
-bucket that fits the batch -> optional worker processes. Over all processes, each epoch's
+render the recipe's prompt, load and preprocess images and videos, tokenize with loss mask ->
+drop (count and quarantine) bad samples in skip mode -> batches padded to the smallest
+configured length bucket that fits the batch (video patches likewise to the smallest video
+patch bucket) -> optional worker processes. Over all processes, each epoch's
 records are every record exactly once. The iterator's state (get_state / set_state) is
 checkpointable, so a resumed run sees exactly the batches it would have seen. See docs/data.md.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +30,7 @@ from data_pipeline.local_files import load_tokenizer
 from data_pipeline.prompts import render
 from data_pipeline.schema import DataInputError, Sample, SampleError
 from data_pipeline.tokenize import TokenizeError, tokenize_rendered
+from data_pipeline.video_processing import VideoProblem, preprocess_videos
 
 SKIP = "_skip"
 
@@ -57,6 +60,16 @@ class LoaderConfig:
     # RL prompts: the generation prompt without any target, and the recipe's reward labels
     # (RenderedPrompt.labels) as `reward_labels`, one dict per sample
     rl: bool = False
+    # videos (docs/data.md#videos); with videos_per_sample 0 a batch has no video arrays and a
+    # sample with a video is refused
+    videos_per_sample: int = 0
+    video_fps: float = 2.0  # frames sampled per second; 0: every frame
+    min_frames: int = 4
+    max_frames: int = 16
+    video_min_pixels: int = 3136
+    video_max_pixels: int = 100352
+    # video patches per sample pad to the smallest of these that fits the batch; () = the budget
+    video_patch_buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not self.buckets or list(self.buckets) != sorted(set(self.buckets)):
@@ -65,11 +78,34 @@ class LoaderConfig:
             raise ValueError(f"on_error={self.on_error!r}; choose fail or skip")
         if not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} outside 0..{self.shard_count - 1}")
+        vb = self.video_patch_buckets
+        if list(vb) != sorted(set(vb)) or (vb and (vb[0] < 1 or vb[-1] > self.max_video_patches)):
+            raise ValueError(f"video_patch_buckets must be increasing sizes from 1 to the video "
+                             f"patch budget {self.max_video_patches}, got {vb}")
 
     @property
     def max_patches(self) -> int:
         """Patch budget per sample: every image at most max_pixels."""
         return self.images_per_sample * (self.max_pixels // (PATCH_SIZE * PATCH_SIZE))
+
+    @property
+    def max_video_patches(self) -> int:
+        """Video patch budget per sample: every video at most max_frames (in whole temporal
+        patches of 2) of at most video_max_pixels."""
+        return (self.videos_per_sample * math.ceil(self.max_frames / 2)
+                * (self.video_max_pixels // (PATCH_SIZE * PATCH_SIZE)))
+
+    def video_patch_bucket(self, longest: int) -> int:
+        return next((b for b in self.video_patch_buckets if b >= longest),
+                    self.max_video_patches)
+
+
+def video_options(data) -> dict[str, Any]:
+    """LoaderConfig's video fields from a run config's `data` section (data.videos_per_sample,
+    video_fps, min_frames, max_frames, video_min_pixels, video_max_pixels)."""
+    keys = ("videos_per_sample", "video_fps", "min_frames", "max_frames", "video_min_pixels",
+            "video_max_pixels")
+    return {k: getattr(data, k) for k in keys}
 
 
 class ExampleTransform:
@@ -125,6 +161,32 @@ class ExampleTransform:
             raise SampleError("bad_image", f"cannot load image: {e}", file=ref.path,
                               record=sample.id, field=field) from e
 
+    def _videos(self, sample: Sample, refs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The sample's videos preprocessed, each problem naming its file and `videos[k]`."""
+        c = self.config
+        if len(refs) > c.videos_per_sample:
+            raise SampleError("too_many_videos", f"{len(refs)} videos, the loader allows "
+                              f"{c.videos_per_sample} per sample (data.videos_per_sample)",
+                              record=sample.id, field="videos")
+        out = []
+        for k, ref in enumerate(refs):
+            source = ref.data if ref.data is not None else os.path.join(self.image_root or "",
+                                                                         ref.path)
+            try:
+                out.append(preprocess_videos(
+                    source, fps=c.video_fps or None, min_frames=c.min_frames,
+                    max_frames=c.max_frames, min_pixels=c.video_min_pixels,
+                    max_pixels=c.video_max_pixels))
+            except VideoProblem as e:
+                raise SampleError(e.reason, str(e).removeprefix("video 0: "), file=ref.path,
+                                  record=sample.id, field=f"videos[{k}]") from None
+            except ValueError as e:  # e.g. an extreme aspect ratio
+                raise SampleError("bad_video", str(e).removeprefix("video 0: "), file=ref.path,
+                                  record=sample.id, field=f"videos[{k}]") from e
+        if not out:
+            return preprocess_videos([])
+        return tuple(np.concatenate(parts) for parts in zip(*out))
+
     def example(self, sample: Sample) -> dict[str, Any]:
         """The sample's arrays. Whatever this one record gets wrong (its text, its images, its
         length for this recipe) raises `SampleError` naming record and field; a problem with
@@ -151,8 +213,13 @@ class ExampleTransform:
         if len(pv) > c.max_patches:  # smart_resize may round a tiny image up past max_pixels
             raise SampleError("too_many_patches", f"{len(pv)} image patches, more than the "
                               f"budget {c.max_patches}", record=sample.id, field="images")
+        pvv, vgrid, seconds = self._videos(sample, rendered.videos)
+        if len(pvv) > c.max_video_patches:  # e.g. every frame of a clip with video_fps 0
+            raise SampleError("too_many_video_patches", f"{len(pvv)} video patches, more than "
+                              f"the budget {c.max_video_patches}", record=sample.id,
+                              field="videos")
         try:
-            tok = tokenize_rendered(rendered, self.tokenizer, grid)
+            tok = tokenize_rendered(rendered, self.tokenizer, grid, video_grids=vgrid)
         except TokenizeError as e:  # e.g. a literal <|image_pad|> in the text
             raise SampleError("bad_text", str(e), record=sample.id, field=e.field) from e
         n = len(tok.input_ids)
@@ -166,14 +233,22 @@ class ExampleTransform:
         grids[:len(grid)] = grid
         out = {"input_ids": tok.input_ids, "loss_mask": tok.loss_mask, "pixel_values": pv,
                "image_grid_thw": grids, "num_images": np.int32(len(grid)), "id": sample.id}
+        if c.videos_per_sample:
+            vgrids = np.zeros((c.videos_per_sample, 3), np.int32)
+            vgrids[:len(vgrid)] = vgrid
+            secs = np.zeros(c.videos_per_sample, np.float32)
+            secs[:len(seconds)] = seconds
+            out.update(pixel_values_videos=pvv, video_grid_thw=vgrids,
+                       num_videos=np.int32(len(vgrid)), second_per_grid_ts=secs)
         if c.rl:
             out["reward_labels"] = dict(rendered.labels)
         return out
 
 
 def pad_batch(examples: Sequence[dict[str, Any]], config: LoaderConfig) -> dict[str, np.ndarray]:
-    """Stacks examples, right-padding tokens to the smallest bucket that fits the longest and
-    patches to the per-sample budget."""
+    """Stacks examples, right-padding tokens to the smallest bucket that fits the longest, image
+    patches to the per-sample budget and video patches to the smallest video patch bucket that
+    fits the batch."""
     longest = max(len(e["input_ids"]) for e in examples)
     length = next(b for b in config.buckets if b >= longest)
     b = len(examples)
@@ -193,6 +268,14 @@ def pad_batch(examples: Sequence[dict[str, Any]], config: LoaderConfig) -> dict[
            "image_grid_thw": np.stack([e["image_grid_thw"] for e in examples]),
            "num_images": np.asarray([e["num_images"] for e in examples], np.int32),
            "ids": np.asarray([e["id"] for e in examples])}
+    if "pixel_values_videos" in examples[0]:
+        size = config.video_patch_bucket(max(len(e["pixel_values_videos"]) for e in examples))
+        pvv = np.zeros((b, size, pv.shape[-1]), np.float32)
+        for i, e in enumerate(examples):
+            pvv[i, :len(e["pixel_values_videos"])] = e["pixel_values_videos"]
+        out.update(pixel_values_videos=pvv,
+                   **{k: np.stack([e[k] for e in examples])
+                      for k in ("video_grid_thw", "num_videos", "second_per_grid_ts")})
     if "reward_labels" in examples[0]:
         out["reward_labels"] = [e["reward_labels"] for e in examples]
     return out

@@ -94,6 +94,17 @@ class ImageRef:
 
 
 @dataclasses.dataclass(frozen=True)
+class VideoRef(ImageRef):
+    """A video by relative path under the dataset root, or by encoded bytes (MP4/WebM/...)."""
+
+
+def _refs_json(refs, *, data: bool) -> list[dict[str, Any]]:
+    if data:
+        return [{"path": r.path, "data": r.data.hex() if r.data else None} for r in refs]
+    return [{"path": r.path, "bytes": len(r.data) if r.data else 0} for r in refs]
+
+
+@dataclasses.dataclass(frozen=True)
 class Sample:
     id: str
     source: str  # dataset name, e.g. "guardreasoner_vl_sft"
@@ -107,22 +118,24 @@ class Sample:
     policy: str | None = None  # policy text for policy-conditioned recipes
     target: str | None = None  # SFT target text (the assistant turn to learn)
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    videos: tuple[VideoRef, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe dict (image bytes are not included; see `to_record`)."""
+        """JSON-safe dict (image and video bytes are not included; see `to_record`)."""
         d = dataclasses.asdict(self)
         d["task"] = self.task.value
         d["prompt_label"] = self.prompt_label.value
         d["response_label"] = self.response_label.value
-        d["images"] = [{"path": im.path, "bytes": len(im.data) if im.data else 0}
-                       for im in self.images]
+        d["images"] = _refs_json(self.images, data=False)
+        d["videos"] = _refs_json(self.videos, data=False)
         return d
 
     def to_record(self) -> bytes:
-        """Serialised form stored in ArrayRecord files (images as paths or raw bytes)."""
+        """Serialised form stored in ArrayRecord files (images and videos as paths or raw
+        bytes)."""
         d = self.to_json()
-        d["images"] = [{"path": im.path, "data": im.data.hex() if im.data else None}
-                       for im in self.images]
+        d["images"] = _refs_json(self.images, data=True)
+        d["videos"] = _refs_json(self.videos, data=True)
         return json.dumps(d, ensure_ascii=False).encode("utf-8")
 
     @classmethod
@@ -137,4 +150,6 @@ class Sample:
             response_label=Label(d["response_label"]),
             category=Category(cat["id"], cat.get("name", ""), tuple(cat.get("synonyms", ())))
             if cat else None,
-            policy=d.get("policy"), target=d.get("target"), extras=d.get("extras") or {})
+            policy=d.get("policy"), target=d.get("target"), extras=d.get("extras") or {},
+            videos=tuple(VideoRef(path=v["path"], data=bytes.fromhex(v["data"]) if v.get("data")
+                                  else None) for v in d.get("videos", [])))

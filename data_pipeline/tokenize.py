@@ -2,8 +2,8 @@
 
 The ids are exactly what transformers' `Qwen2_5_VLProcessor` gives for the same messages
 (docs/data.md#converters-prompts-and-augmentations): the chat template renders the text, the k-th
-`<|image_pad|>` becomes prod(grid_k)/merge² copies, and the expanded string is tokenized in one
-piece (no BOS; Qwen has none and the template writes every special token itself).
+`<|image_pad|>` becomes prod(grid_k)/merge² copies (the k-th `<|video_pad|>` likewise with the
+video grids), and the expanded string is tokenized in one piece (no BOS; Qwen has none and the template writes every special token itself).
 
 Loss mask: 1 on the assistant target's tokens and on the `<|im_end|>` that closes the turn, 0 on
 everything else, including the "\\n" the template writes after `<|im_end|>`. This is what a
@@ -45,8 +45,8 @@ class Tokenized(NamedTuple):
     mm_token_type_ids: np.ndarray  # int32 [L], 1 image pad, 2 video pad, else 0
 
 
-def image_token_counts(image_grids, *, merge_size: int = 2) -> list[int]:
-    """Number of `<|image_pad|>` tokens per image: t*h*w / merge_size**2."""
+def image_token_counts(image_grids, *, merge_size: int = 2, kind: str = "image") -> list[int]:
+    """Number of `<|image_pad|>` (`<|video_pad|>`) tokens per image (video): t*h*w / merge²."""
     if image_grids is None:
         return []
     grids = np.asarray(image_grids, dtype=np.int64).reshape(-1, 3)
@@ -54,36 +54,40 @@ def image_token_counts(image_grids, *, merge_size: int = 2) -> list[int]:
     for k, (t, h, w) in enumerate(grids.tolist()):
         n = t * h * w
         if n <= 0 or n % (merge_size * merge_size):
-            raise ValueError(f"image {k}: grid {(t, h, w)} does not give a whole number of image "
-                             f"tokens (t*h*w must be a positive multiple of {merge_size ** 2})")
+            raise ValueError(f"{kind} {k}: grid {(t, h, w)} does not give a whole number of "
+                             f"{kind} tokens (t*h*w must be a positive multiple of "
+                             f"{merge_size ** 2})")
         counts.append(n // (merge_size * merge_size))
     return counts
 
 
-def expand_image_pads(text: str, counts: Sequence[int]) -> str:
-    """Replace the k-th `<|image_pad|>` with counts[k] copies (each occurrence expanded once)."""
-    pieces = text.split(IMAGE_PAD)
+def expand_image_pads(text: str, counts: Sequence[int], pad: str = IMAGE_PAD) -> str:
+    """Replace the k-th `pad` (`<|image_pad|>` or `<|video_pad|>`) with counts[k] copies (each
+    occurrence expanded once)."""
+    kind = "video" if pad == VIDEO_PAD else "image"
+    pieces = text.split(pad)
     if len(pieces) - 1 != len(counts):
-        raise ValueError(f"the rendered prompt has {len(pieces) - 1} image placeholders but "
-                         f"{len(counts)} image grids were given")
+        raise ValueError(f"the rendered prompt has {len(pieces) - 1} {kind} placeholders but "
+                         f"{len(counts)} {kind} grids were given")
     out = [pieces[0]]
     for n, piece in zip(counts, pieces[1:]):
-        out += [IMAGE_PAD * n, piece]
+        out += [pad * n, piece]
     return "".join(out)
 
 
-def _count_image_parts(messages) -> int:
-    n = 0
+def _count_parts(messages) -> tuple[int, int]:
+    """(image parts, video parts), as the chat template tells them apart (images first)."""
+    images = videos = 0
     for m in messages:
         content = m["content"]
         if isinstance(content, str):
             continue
         for part in content:
-            if part.get("type") == "video" or "video" in part:
-                raise ValueError("video parts are not supported")
             if part.get("type") == "image" or "image" in part or "image_url" in part:
-                n += 1
-    return n
+                images += 1
+            elif part.get("type") == "video" or "video" in part:
+                videos += 1
+    return images, videos
 
 
 def _check_text(messages):
@@ -98,23 +102,28 @@ def _check_text(messages):
 
 
 def render_and_tokenize(messages, target: str | None, tokenizer, image_grids, *,
-                        add_generation_prompt: bool, merge_size: int = 2) -> Tokenized:
+                        add_generation_prompt: bool, merge_size: int = 2,
+                        video_grids=None) -> Tokenized:
     """Render `messages` (+ the assistant `target`, if any) with the chat template and tokenize.
 
     With a target, the assistant turn is appended and `add_generation_prompt` must be False; the
     loss mask covers the target and its `<|im_end|>`. Without one (RL/eval prompts), the loss mask
     is all zeros and `add_generation_prompt=True` ends the text with `<|im_start|>assistant\\n`.
     `image_grids` is `[n_images, 3]` (t, h, w) in patches, as `preprocess_images` returns, in the
-    order the image parts appear.
+    order the image parts appear; `video_grids` likewise for the video parts.
     """
     ensure_chat_template(tokenizer)
     messages = list(messages)
     _check_text(messages)
     counts = image_token_counts(image_grids, merge_size=merge_size)
-    n_parts = _count_image_parts(messages)
-    if n_parts != len(counts):
-        raise ValueError(f"the messages have {n_parts} image parts but {len(counts)} image grids "
-                         f"were given")
+    video_counts = image_token_counts(video_grids, merge_size=merge_size, kind="video")
+    n_images, n_videos = _count_parts(messages)
+    if n_images != len(counts):
+        raise ValueError(f"the messages have {n_images} image parts but {len(counts)} image "
+                         f"grids were given")
+    if n_videos != len(video_counts):
+        raise ValueError(f"the messages have {n_videos} video parts but {len(video_counts)} "
+                         f"video grids were given")
 
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
@@ -134,7 +143,7 @@ def render_and_tokenize(messages, target: str | None, tokenizer, image_grids, *,
             raise TokenizeError("the chat template does not render the assistant turn as the "
                                 "generation prompt followed by the target and <|im_end|>",
                                 "target")
-    prefix = expand_image_pads(prefix, counts)
+    prefix = expand_image_pads(expand_image_pads(prefix, counts), video_counts, VIDEO_PAD)
     text = prefix + rest
 
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -148,10 +157,11 @@ def render_and_tokenize(messages, target: str | None, tokenizer, image_grids, *,
     img_id, vid_id = (_special_id(tokenizer, t, d) for t, d in ((IMAGE_PAD, IMAGE_PAD_ID),
                                                               (VIDEO_PAD, VIDEO_PAD_ID)))
     mm = (ids == img_id).astype(np.int32) + 2 * (ids == vid_id).astype(np.int32)
-    n_img = int((ids == img_id).sum())
-    if n_img != sum(counts):  # e.g. a tokenizer without <|image_pad|> as one added token
-        raise ValueError(f"tokenized text has {n_img} image pad tokens, expected {sum(counts)} "
-                         f"(is this a Qwen2-VL tokenizer?)")
+    for kind, tid, want in (("image", img_id, sum(counts)), ("video", vid_id, sum(video_counts))):
+        n = int((ids == tid).sum())
+        if n != want:  # e.g. a tokenizer without <|image_pad|> as one added token
+            raise ValueError(f"tokenized text has {n} {kind} pad tokens, expected {want} "
+                             f"(is this a Qwen2-VL tokenizer?)")
     return Tokenized(ids, np.ones(len(ids), np.int32), loss, mm)
 
 
@@ -161,10 +171,11 @@ def _special_id(tokenizer, token: str, default: int) -> int:
 
 
 def tokenize_rendered(rendered, tokenizer, image_grids, *, add_generation_prompt=None,
-                      merge_size: int = 2) -> Tokenized:
+                      merge_size: int = 2, video_grids=None) -> Tokenized:
     """`render_and_tokenize` for a `RenderedPrompt`: SFT form with a target, else a generation
     prompt (override with `add_generation_prompt`)."""
     if add_generation_prompt is None:
         add_generation_prompt = rendered.target is None
     return render_and_tokenize(rendered.messages, rendered.target, tokenizer, image_grids,
-                               add_generation_prompt=add_generation_prompt, merge_size=merge_size)
+                               add_generation_prompt=add_generation_prompt, merge_size=merge_size,
+                               video_grids=video_grids)

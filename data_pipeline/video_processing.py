@@ -140,36 +140,52 @@ def _why(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
-def decode_video(source, sampling: Sampling = Sampling(),
-                 limits: VideoLimits = VideoLimits()) -> Video:
-    """A video file (path or encoded bytes) -> the sampled frames, decoded with PyAV.
+def _checked_stream(container, limits: VideoLimits):
+    """(video stream, frame count, frame rate or None) after the limit checks, before any frame
+    is decoded. The count and rate are the container's, as transformers' PyAV reader takes them
+    (when the container has no frame count, the packets are counted)."""
+    if not container.streams.video:
+        raise VideoProblem(EMPTY_VIDEO, "the file has no video stream")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    rate = float(stream.average_rate) if stream.average_rate else None
+    if limits.max_frame_pixels is not None and width * height > limits.max_frame_pixels:
+        raise VideoProblem(VIDEO_TOO_LARGE, f"frames of {width}x{height} = {width * height} "
+                           f"pixels, above the cap of {limits.max_frame_pixels}")
+    total = int(stream.frames)
+    if total <= 0:
+        total = sum(1 for p in container.demux(stream) if p.size)
+        container.seek(0)
+    if total <= 0:
+        raise VideoProblem(EMPTY_VIDEO, "the video stream holds no frames")
+    seconds = total / rate if rate else None
+    if limits.max_seconds is not None and seconds is not None and seconds > limits.max_seconds:
+        raise VideoProblem(VIDEO_TOO_LONG, f"{seconds:.1f} s ({total} frames at {rate:g} fps), "
+                           f"longer than the limit of {limits.max_seconds:g} s")
+    return stream, total, rate
 
-    The frame count and rate come from the container, as transformers' PyAV reader takes them
-    (when the container has no frame count, the packets are counted). The limits are checked
-    before any frame is decoded."""
+
+def check_video(source, limits: VideoLimits = VideoLimits()) -> tuple[int, float | None]:
+    """Opens a video file (path or bytes), applies the limits and decodes its first frame;
+    returns (frame count, frame rate). What `data build` checks before writing a record."""
     import av
     with _open(source) as container:
-        if not container.streams.video:
-            raise VideoProblem(EMPTY_VIDEO, "the file has no video stream")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        rate = float(stream.average_rate) if stream.average_rate else None
-        if limits.max_frame_pixels is not None and width * height > limits.max_frame_pixels:
-            raise VideoProblem(VIDEO_TOO_LARGE, f"frames of {width}x{height} = {width * height} "
-                               f"pixels, above the cap of {limits.max_frame_pixels}")
-        total = int(stream.frames)
         try:
-            if total <= 0:
-                total = sum(1 for p in container.demux(stream) if p.size)
-                container.seek(0)
-            if total <= 0:
-                raise VideoProblem(EMPTY_VIDEO, "the video stream holds no frames")
-            seconds = total / rate if rate else None
-            if (limits.max_seconds is not None and seconds is not None
-                    and seconds > limits.max_seconds):
-                raise VideoProblem(VIDEO_TOO_LONG, f"{seconds:.1f} s ({total} frames at "
-                                   f"{rate:g} fps), longer than the limit of "
-                                   f"{limits.max_seconds:g} s")
+            stream, total, rate = _checked_stream(container, limits)
+            if next(iter(container.decode(stream)), None) is None:
+                raise VideoProblem(EMPTY_VIDEO, "no frame of the video stream decodes")
+        except av.error.FFmpegError as e:
+            raise VideoProblem(UNREADABLE_VIDEO, f"cannot decode the video ({_why(e)})") from None
+    return total, rate
+
+
+def decode_video(source, sampling: Sampling = Sampling(),
+                 limits: VideoLimits = VideoLimits()) -> Video:
+    """A video file (path or encoded bytes) -> the sampled frames, decoded with PyAV."""
+    import av
+    with _open(source) as container:
+        try:
+            stream, total, rate = _checked_stream(container, limits)
             idx = sampling.indices(total, rate)
             wanted = set(range(total) if idx is None else idx.tolist())
             last = max(wanted)

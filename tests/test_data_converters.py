@@ -481,3 +481,92 @@ def test_cli_build_list_and_errors(tmp_path, capsys):
     assert _cli(base + ["--out", str(tmp_path / "b"), "--on-error", "skip", "--overwrite"]) == 0
     assert _cli(base + ["--out", str(tmp_path / "c"), "--option", "nope=1"]) == 2
     assert _cli(["build", "no_such", "--source", "x", "--out", str(tmp_path / "d")]) == 2
+
+
+# ---- videos -----------------------------------------------------------------------------------
+
+def _video_root(root):
+    from video_files import encode, random_frames
+    _write(root / "clips/a.mp4", encode(random_frames(6, 32, 48)))
+    _write(root / "clips/b.mp4", encode(random_frames(4, 28, 28, seed=1)))
+    return root
+
+
+def test_generic_jsonl_and_sharegpt_read_videos(tmp_path):
+    from data_pipeline.schema import VideoRef
+    root = _video_root(tmp_path / "data")
+    _write(root / "g.jsonl", _jsonl([
+        {"id": "v1", "prompt": "<video>Is this clip safe?", "label": "safe",
+         "videos": ["clips/a.mp4"], "images": []},
+        {"id": "v2", "prompt": "", "label": "unsafe", "videos": ["clips/a.mp4", "clips/b.mp4"]},
+    ]))
+    got = list(get_converter("generic_jsonl")(root / "g.jsonl", allow_empty_text=True))
+    assert [s.videos for s in got] == [(VideoRef(path="clips/a.mp4"),),
+                                       (VideoRef(path="clips/a.mp4"), VideoRef(path="clips/b.mp4"))]
+    assert got[0].user_text == "Is this clip safe?" and got[1].user_text == ""
+    _write(root / "s.json", json.dumps([
+        {"messages": [{"role": "user", "content": "<video><image>What happens here?"},
+                      {"role": "assistant", "content": "A ball rolls."}],
+         "videos": ["clips/b.mp4"], "images": ["clips/p.png"]}]))
+    _write(root / "clips/p.png", _image_bytes())
+    (sample,) = list(get_converter("sharegpt")(root / "s.json"))
+    assert sample.videos == (VideoRef(path="clips/b.mp4"),)
+    assert sample.images == (ImageRef(path="clips/p.png"),)
+    assert sample.user_text == "What happens here?"
+    # the records keep their videos through a build (paths, or bytes with --embed-images)
+    for embed in (False, True):
+        out = tmp_path / f"out{embed}"
+        build_dataset("generic_jsonl", root / "g.jsonl", out, progress=False, echo=False,
+                      embed_images=embed, options={"allow_empty_text": True})
+        back = list(open_source(out))
+        want = (root / "clips/a.mp4").read_bytes()
+        assert back[0].videos == ((VideoRef(data=want),) if embed else got[0].videos)
+
+
+def test_video_count_must_match_video_tokens(tmp_path):
+    root = _video_root(tmp_path / "data")
+    _write(root / "s.json", json.dumps([
+        {"messages": [{"role": "user", "content": "<video><video>Compare."},
+                      {"role": "assistant", "content": "Same."}], "videos": ["clips/a.mp4"]}]))
+    (err,) = list(get_converter("sharegpt")(root / "s.json"))
+    assert isinstance(err, SampleError) and err.reason == "bad_value"
+    assert "2 <video> token(s) but 1 video(s)" in str(err)
+
+
+def _bad_video_case(case, root):
+    from video_files import audio_only, encode, random_frames
+    good = encode(random_frames(6, 32, 48))
+    files = {"unreadable_video": b"not a video" * 20, "empty_video": audio_only(),
+             "truncated": good[:len(good) // 2]}
+    if case in files:
+        _write(root / "clips/bad.mp4", files[case])
+        path = "clips/bad.mp4"
+    elif case == "missing_video":
+        path = "clips/none.mp4"
+    else:  # path_escape
+        path = "../outside.mp4"
+    _write(root / "clips/ok.mp4", good)
+    _write(root / "g.jsonl", _jsonl([{"prompt": "ok", "label": "safe", "videos": ["clips/ok.mp4"]},
+                                     {"prompt": "bad", "label": "safe", "videos": [path]}]))
+    return {"truncated": "unreadable_video"}.get(case, case)
+
+
+VIDEO_CASES = ["unreadable_video", "empty_video", "truncated", "missing_video", "path_escape"]
+
+
+@pytest.mark.parametrize("case", VIDEO_CASES)
+def test_bad_videos_fail_or_are_quarantined(case, tmp_path):
+    root = tmp_path / "data"
+    reason = _bad_video_case(case, root)
+    with pytest.raises(SampleError) as e:
+        build_dataset("generic_jsonl", root / "g.jsonl", tmp_path / "fail", progress=False,
+                      echo=False)
+    assert (e.value.reason, e.value.record, e.value.field) == (reason, "line 2", "videos[0]")
+    assert str(e.value).startswith(f"file {root / 'g.jsonl'}, record line 2, field 'videos[0]'")
+    out = tmp_path / "out"
+    summary = build_dataset("generic_jsonl", root / "g.jsonl", out, on_error="skip",
+                            progress=False, echo=False)
+    assert (summary.read, summary.written, summary.skipped) == (2, 1, {reason: 1})
+    (q,) = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert (q["record"], q["field"], q["reason"]) == ("line 2", "videos[0]", reason)
+    assert [s.user_text for s in open_source(out)] == ["ok"]

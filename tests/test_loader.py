@@ -110,3 +110,67 @@ def test_bad_samples_fail_or_are_counted(tok_dir, tmp_path):
     assert quarantine_summary(q) == {"too_long": 1, "bad_image": 1}
     lines = [json.loads(x) for x in open(q + ".shard0")]
     assert {ln["record"] for ln in lines} == {"s1", "s2"}
+
+
+# ---- videos -----------------------------------------------------------------------------------
+
+def _video_samples(tmp_path):
+    from data_pipeline.schema import VideoRef
+    from video_files import encode, random_frames
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(encode(random_frames(10, 32, 48), fps=5))
+    base = dict(source="test", task=Task.PROMPT_HARMFULNESS, prompt_label=Label.HARMFUL,
+                target="<think>t</think><result>Request: harmful</result>")
+    return [
+        Sample(id="v0", user_text="what happens?", videos=(VideoRef(path="clip.mp4"),),
+               images=(ImageRef(data=_png(0)),), **base),
+        Sample(id="v1", user_text="and here?",
+               videos=(VideoRef(data=encode(random_frames(3, 28, 56, 1), fps=1)),), **base),
+        Sample(id="v2", user_text="no video", **base),
+        Sample(id="v3", user_text="broken", videos=(VideoRef(data=b"junk" * 30),), **base),
+    ]
+
+
+def test_video_samples_batch_with_bounded_video_patches(tok_dir, tmp_path):
+    from data_pipeline.video_processing import preprocess_videos
+    samples = _video_samples(tmp_path)
+    cfg = _config(shuffle=False, batch_size=3, buckets=(256, 512), videos_per_sample=1,
+                  video_fps=2.0, max_frames=4, video_min_pixels=784, video_max_pixels=784 * 4,
+                  video_patch_buckets=(16, 32), on_error="skip",
+                  quarantine_path=str(tmp_path / "q.jsonl"))
+    (batch,) = list(make_loader(samples, cfg, tokenizer_dir=tok_dir, image_root=str(tmp_path)))
+    assert list(batch["ids"]) == ["v0", "v1", "v2"]
+    assert quarantine_summary(str(tmp_path / "q.jsonl")) == {"unreadable_video": 1}
+    (line,) = [json.loads(x) for x in open(str(tmp_path / "q.jsonl") + ".shard0")]
+    assert (line["record"], line["field"]) == ("v3", "videos[0]")
+    # v0: 10 frames at 5 fps sampled at 2 fps (min_frames 4) -> 4 frames, 32x48 -> 28x56
+    pv0, g0, s0 = preprocess_videos(tmp_path / "clip.mp4", fps=2.0, max_frames=4,
+                                    min_pixels=784, max_pixels=784 * 4)
+    assert g0.tolist() == [[2, 2, 4]] and s0.tolist() == [2 / (4 / 10 * 5)]
+    assert batch["pixel_values_videos"].shape == (3, 16, 1176)  # the 16 bucket fits 16 and 8
+    np.testing.assert_array_equal(batch["pixel_values_videos"][0, :16], pv0)
+    assert batch["video_grid_thw"].tolist() == [[[2, 2, 4]], [[1, 2, 4]], [[0, 0, 0]]]
+    assert batch["num_videos"].tolist() == [1, 1, 0]
+    # v1: 3 frames at 1 fps -> 2 frames kept, sampled at 2/3 fps -> 3 s per temporal patch
+    np.testing.assert_allclose(batch["second_per_grid_ts"][:, 0], [1.0, 3.0, 0.0])
+    # the video pads: t*h*w/4 tokens per video, inside <|vision_start|> ... <|vision_end|>
+    counts = (batch["input_ids"] == 151656).sum(1)
+    assert counts.tolist() == [4, 2, 0]
+    row = batch["input_ids"][0].tolist()
+    start = row.index(151656)
+    assert row[start - 1] == 151652 and row[start + 4] == 151653
+    assert row[start + 5] == 151652 and row[start + 6] == 151655  # the image right after it
+
+
+def test_video_samples_refused_beyond_the_budget(tok_dir, tmp_path):
+    samples = _video_samples(tmp_path)[:1]
+    for kw, reason in (({"videos_per_sample": 0}, "too_many_videos"),
+                       ({"videos_per_sample": 1, "video_fps": 0.0, "max_frames": 4,
+                         "video_min_pixels": 784, "video_max_pixels": 784 * 4},
+                        "too_many_video_patches")):
+        with pytest.raises(SampleError) as e:
+            list(make_loader(samples, _config(shuffle=False, batch_size=1, **kw),
+                             tokenizer_dir=tok_dir, image_root=str(tmp_path)))
+        assert e.value.reason == reason and e.value.record == "v0"
+    with pytest.raises(ValueError, match="video_patch_buckets"):
+        _config(videos_per_sample=1, video_patch_buckets=(10**9,))

@@ -7,7 +7,6 @@ make_video_reference.py); and a NumPy reference below, written from the processo
 the 10-axis patch permutation) independently of data_pipeline's vectorised code.
 """
 
-import io
 import json
 import math
 import pathlib
@@ -22,28 +21,11 @@ from data_pipeline.video_processing import (EMPTY_VIDEO, UNREADABLE_VIDEO, VIDEO
                                             VIDEO_TOO_LONG, VIDEO_TOO_SHORT, Sampling, Video,
                                             VideoLimits,
                                             VideoProblem, decode_video)
+from video_files import audio_only, encode, random_frames
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "video_reference.npz")
 CASES = sorted({k.split("/")[0] for k in REFERENCE.files if "/" in k} - {"file"})
-
-
-def encode(frames, fps=10, fmt="mp4", codec="mpeg4"):
-    """A video file's bytes (PyAV's bundled FFmpeg)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return buf.getvalue()
-
-
-def random_frames(t, h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
 
 
 # ---- transformers' outputs (fixture) ------------------------------------------------------------
@@ -216,18 +198,6 @@ def test_several_videos_concatenate_in_order():
 
 
 # ---- bad videos ---------------------------------------------------------------------------------
-
-def audio_only():
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="wav") as c:
-        s = c.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
-                                           layout="mono")
-        frame.sample_rate = 8000
-        for p in list(s.encode(frame)) + list(s.encode()):
-            c.mux(p)
-    return buf.getvalue()
-
 
 def test_bad_videos_are_named(tmp_path):
     good = encode(random_frames(10, 32, 48))

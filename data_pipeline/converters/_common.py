@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.image_validation import ImagePolicy, ImageProblem, load_image_ref
-from data_pipeline.schema import ImageRef, Label, SampleError, parse_label
+from data_pipeline.schema import ImageRef, Label, SampleError, VideoRef, parse_label
+from data_pipeline.video_validation import load_video_ref
 
 # Reason words for record problems found here (images add theirs in image_validation).
 INVALID_JSON = "invalid_json"
@@ -28,6 +29,7 @@ MISSING_LABEL = "missing_label"
 DUPLICATE_ID = "duplicate_id"
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"  # LLaMA-Factory's video placeholder
 _MISSING = object()
 
 
@@ -117,21 +119,35 @@ class Record:
         return parse_label(value, field=field, file=str(self.file), record=self.ref, extra=extra)
 
     def image(self, field: str, value: Any) -> ImageRef:
+        return self._media(field, value, load_image_ref)
+
+    def images(self, field: str, value: Any) -> tuple[ImageRef, ...]:
+        """A list (or a single value) of images; null or missing means none."""
+        return self._many(field, value, self.image)
+
+    def video(self, field: str, value: Any) -> VideoRef:
+        return self._media(field, value, load_video_ref)
+
+    def videos(self, field: str, value: Any) -> tuple[VideoRef, ...]:
+        """A list (or a single value) of videos; null or missing means none."""
+        return self._many(field, value, self.video)
+
+    def _media(self, field: str, value: Any, load):
         path = value.get("path") if isinstance(value, dict) else value
         if isinstance(path, str):
             check_utf8(path, self, field)
         try:
-            return load_image_ref(value, self.env.root, self.env.images)
+            return load(value, self.env.root, self.env.images)
         except ImageProblem as e:
             raise self.error(e.reason, str(e), field) from None
 
-    def images(self, field: str, value: Any) -> tuple[ImageRef, ...]:
-        """A list (or a single value) of images; null or missing means none."""
+    @staticmethod
+    def _many(field: str, value: Any, one) -> tuple:
         if value is None:
             return ()
         if not isinstance(value, (list, tuple)):
-            return (self.image(field, value),)
-        return tuple(self.image(f"{field}[{i}]", v) for i, v in enumerate(value))
+            return (one(field, value),)
+        return tuple(one(f"{field}[{i}]", v) for i, v in enumerate(value))
 
     def sample_id(self, *fields: str) -> str:
         for f in fields or ("id",):
@@ -283,7 +299,8 @@ _ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant
 
 def chat_turns(record: Record, field: str) -> list[tuple[str, str, str]]:
     """[(role, text, field path)] of a ShareGPT (`from`/`value`) or OpenAI (`role`/`content`)
-    message list; content given as parts keeps its text parts and writes images as `<image>`."""
+    message list; content given as parts keeps its text parts and writes images as `<image>`
+    and videos as `<video>`."""
     turns = record.get(field)
     if not isinstance(turns, list) or not turns:
         raise record.error(BAD_VALUE, "expected a non-empty list of messages", field)
@@ -306,21 +323,25 @@ def chat_turns(record: Record, field: str) -> list[tuple[str, str, str]]:
                     parts.append(p.get("text") or "")
                 elif isinstance(p, dict) and p.get("type") in ("image", "image_url"):
                     parts.append(IMAGE_TOKEN)
+                elif isinstance(p, dict) and p.get("type") in ("video", "video_url"):
+                    parts.append(VIDEO_TOKEN)
             content = "".join(parts)
         out.append((role, record.text(f"{where}.{text_key}", content, required=False) or "",
                     f"{where}.{text_key}"))
     return out
 
 
-def strip_image_tokens(text: str) -> tuple[str, int]:
-    return text.replace(IMAGE_TOKEN, "").strip(), text.count(IMAGE_TOKEN)
+def strip_image_tokens(text: str, token: str = IMAGE_TOKEN) -> tuple[str, int]:
+    return text.replace(token, "").strip(), text.count(token)
 
 
-def check_image_count(record: Record, field: str, tokens: int, images: int) -> None:
-    # LLaMA-Factory refuses a sample whose <image> count differs from its image list; so do we
-    # (text without any token is fine: the renderer places the images).
+def check_image_count(record: Record, field: str, tokens: int, images: int,
+                      token: str = IMAGE_TOKEN) -> None:
+    # LLaMA-Factory refuses a sample whose <image> (<video>) count differs from its image
+    # (video) list; so do we (text without any token is fine: the renderer places them).
     if tokens and tokens != images:
-        raise record.error(BAD_VALUE, f"{tokens} {IMAGE_TOKEN} token(s) but {images} image(s)",
+        kind = "video" if token == VIDEO_TOKEN else "image"
+        raise record.error(BAD_VALUE, f"{tokens} {token} token(s) but {images} {kind}(s)",
                            field)
 
 

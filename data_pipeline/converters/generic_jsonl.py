@@ -2,10 +2,11 @@
 
 Options name the source fields (dotted names reach into nested objects): `user_text_field`
 (default `prompt`), `response_field`, `prompt_label_field` (default `label`),
-`response_label_field`, `images_field`, `id_field`, `policy_field`, `target_field`,
+`response_label_field`, `images_field`, `videos_field` (default `videos`: paths under the root
+or bytes, each checked to open and decode), `id_field`, `policy_field`, `target_field`,
 `category_field`; `task` (a Task value, default prompt_harmfulness); `label_words`, a mapping of
 extra label words to harmful / unharmful / none (e.g. {"yes": "harmful"}); `allow_empty_text`
-for image-only data. A field option set to "" is not read.
+for image- or video-only data. A field option set to "" is not read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ NAME = "generic_jsonl"
 def iter_samples(source_path, *, root=None, images=None, user_text_field: str = "prompt",
                  response_field: str = "response", prompt_label_field: str = "label",
                  response_label_field: str = "", images_field: str = "images",
+                 videos_field: str = "videos",
                  id_field: str = "id", policy_field: str = "", target_field: str = "",
                  category_field: str = "", task: str = Task.PROMPT_HARMFULNESS.value,
                  label_words: dict[str, str] | None = None, allow_empty_text: bool = False,
@@ -33,8 +35,11 @@ def iter_samples(source_path, *, root=None, images=None, user_text_field: str = 
 
     def convert(rec: c.Record) -> Sample:
         imgs = rec.images(images_field, rec.get(images_field, None)) if images_field else ()
-        user_text = rec.text(user_text_field, required=not (allow_empty_text and imgs)) or ""
+        vids = rec.videos(videos_field, rec.get(videos_field, None)) if videos_field else ()
+        user_text = rec.text(user_text_field,
+                             required=not (allow_empty_text and (imgs or vids))) or ""
         user_text = c.strip_image_tokens(user_text)[0] if imgs else user_text
+        user_text = c.strip_image_tokens(user_text, c.VIDEO_TOKEN)[0] if vids else user_text
 
         def opt_text(field):
             return rec.text(field, required=False) if field else None
@@ -50,6 +55,6 @@ def iter_samples(source_path, *, root=None, images=None, user_text_field: str = 
                       prompt_label=opt_label(prompt_label_field),
                       response_label=opt_label(response_label_field),
                       category=Category(cat) if cat else None, policy=opt_text(policy_field),
-                      target=opt_text(target_field))
+                      target=opt_text(target_field), videos=vids)
 
     yield from c.convert_each(c.iter_records(env), convert)

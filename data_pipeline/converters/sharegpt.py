@@ -1,8 +1,9 @@
 """Generic ShareGPT / chat-messages data (JSON array or JSON Lines), e.g. LLaMA-Factory SFT sets.
 
 Record: `conversations` (from/value) or `messages` (role/content), optional `images` (paths under
-the root, or `image`), optional `id`. The last user turn is `user_text` (its `<image>` tokens
-removed; their count must match the images), the final assistant turn is `target`, a system turn
+the root, or `image`), optional `videos` (or `video`), optional `id`. The last user turn is
+`user_text` (its `<image>` and `<video>` tokens removed; their counts must match the images and
+videos), the final assistant turn is `target`, a system turn
 goes to `extras["system"]` and earlier turns to `extras["history"]`.
 Options: `task` (a Task value, default captioning: plain SFT with no verdict), `label_field` /
 `response_label_field` (record fields holding label words), `label_words` (extra words).
@@ -40,9 +41,13 @@ def iter_samples(source_path, *, root=None, images=None, task: str = Task.CAPTIO
         imgs = rec.images(img_field, raw)
         tokens = sum(t[1].count(c.IMAGE_TOKEN) for t in turns)
         c.check_image_count(rec, field, tokens, len(imgs))
+        vid_field, raw = rec.first("videos", "video", default=None)
+        vids = rec.videos(vid_field, raw)
+        tokens = sum(t[1].count(c.VIDEO_TOKEN) for t in turns)
+        c.check_image_count(rec, field, tokens, len(vids), c.VIDEO_TOKEN)
         _, user_text, user_field = dialog[last_user]
-        user_text = c.strip_image_tokens(user_text)[0]
-        if not user_text and not imgs:
+        user_text = c.strip_image_tokens(c.strip_image_tokens(user_text)[0], c.VIDEO_TOKEN)[0]
+        if not user_text and not imgs and not vids:
             raise rec.error(c.EMPTY_TEXT, "text is empty", user_field)
         _, target, target_field = dialog[-1]
         rec.text(target_field, target)
@@ -58,6 +63,7 @@ def iter_samples(source_path, *, root=None, images=None, task: str = Task.CAPTIO
 
         return Sample(id=rec.sample_id(), source=NAME, task=task_, user_text=user_text,
                       images=imgs, prompt_label=label(label_field),
-                      response_label=label(response_label_field), target=target, extras=extras)
+                      response_label=label(response_label_field), target=target, extras=extras,
+                      videos=vids)
 
     yield from c.convert_each(c.iter_records(env, (".json", ".jsonl")), convert)

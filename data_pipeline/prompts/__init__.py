@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from data_pipeline.prompts import guardreasoner_vl, llavaguard, proguard, safeguard_vl, vlmguard_r1
-from data_pipeline.prompts.base import RenderedPrompt
+from data_pipeline.prompts.base import RenderedPrompt, place_videos
 from data_pipeline.schema import Sample
 
 RECIPES: dict[str, Callable[..., RenderedPrompt]] = {
@@ -26,7 +26,7 @@ def render(recipe: str, sample: Sample, **options) -> RenderedPrompt:
         fn = RECIPES[recipe]
     except KeyError:
         raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}") from None
-    return fn(sample, **options)
+    return place_videos(fn(sample, **options), sample.videos)
 
 
 __all__ = ["RECIPES", "RenderedPrompt", "render"]

@@ -2,8 +2,8 @@
 
 A renderer turns one `Sample` into chat messages in the transformers format (a list of
 `{"role", "content"}` where content is a string or a list of parts `{"type": "image"}` /
-`{"type": "text", "text": ...}`), the assistant target (or None for RL/eval prompts), the images in
-placeholder order, the output grammar id (docs/recipes.md#output-grammars) and the reward's ground
+`{"type": "video"}` / `{"type": "text", "text": ...}`), the assistant target (or None for RL/eval
+prompts), the images and the videos in placeholder order, the output grammar id (docs/recipes.md#output-grammars) and the reward's ground
 truth. Rendering to token ids is `data_pipeline.tokenize.render_and_tokenize`.
 """
 
@@ -13,7 +13,7 @@ import dataclasses
 import io
 from typing import Any
 
-from data_pipeline.schema import ImageRef, Sample, SampleError
+from data_pipeline.schema import ImageRef, Sample, SampleError, VideoRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +23,32 @@ class RenderedPrompt:
     images: tuple[ImageRef, ...]  # one per image part of `messages`, in order
     grammar: str  # output grammar id, docs/recipes.md#output-grammars
     labels: dict[str, Any]  # ground truth the recipe's reward reads
+    videos: tuple[VideoRef, ...] = ()  # one per video part of `messages`, in order
 
     def __post_init__(self):
         n = count_image_parts(self.messages)
         if n != len(self.images):
             raise ValueError(f"rendered prompt has {n} image parts but {len(self.images)} images")
+        n = count_image_parts(self.messages, "video")
+        if n != len(self.videos):
+            raise ValueError(f"rendered prompt has {n} video parts but {len(self.videos)} videos")
+
+
+def place_videos(rendered: RenderedPrompt, videos) -> RenderedPrompt:
+    """The recipe's prompt with one video part per video in the last user turn: right before its
+    first image part, else at the start of the turn (docs/data.md#videos). Recipes place images
+    where their published prompts do; none of them has a video slot, so every recipe gets this."""
+    if not videos:
+        return rendered
+    messages = [dict(m) for m in rendered.messages]
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise ValueError("the rendered prompt has no user turn to hold the videos")
+    turn = messages[users[-1]]
+    parts = [text(turn["content"])] if isinstance(turn["content"], str) else list(turn["content"])
+    at = next((i for i, p in enumerate(parts) if p.get("type") == "image"), 0)
+    turn["content"] = parts[:at] + [video() for _ in videos] + parts[at:]
+    return dataclasses.replace(rendered, messages=messages, videos=tuple(videos))
 
 
 def text(s: str) -> dict[str, str]:
@@ -36,6 +57,10 @@ def text(s: str) -> dict[str, str]:
 
 def image() -> dict[str, str]:
     return {"type": "image"}
+
+
+def video() -> dict[str, str]:
+    return {"type": "video"}
 
 
 def join_parts(*items) -> list[dict[str, str]]:
@@ -64,11 +89,12 @@ def join_parts(*items) -> list[dict[str, str]]:
     return out
 
 
-def count_image_parts(messages) -> int:
+def count_image_parts(messages, kind: str = "image") -> int:
+    """Parts of type `kind` (image | video) over all messages."""
     n = 0
     for m in messages:
         if not isinstance(m["content"], str):
-            n += sum(1 for p in m["content"] if p.get("type") == "image")
+            n += sum(1 for p in m["content"] if p.get("type") == kind)
     return n
 
 

@@ -36,7 +36,7 @@ def tokenizer_key(run) -> str:
 def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 1):
     """The SFT loader's settings for `run`: one endless stream, a fresh permutation per epoch
     (docs/data.md). `guard-jax data build --check-config` checks records against the same."""
-    from data_pipeline.loader import LoaderConfig
+    from data_pipeline.loader import LoaderConfig, video_options
 
     if run.train.micro_batch % shard_count:
         raise InputError(f"train.micro_batch {run.train.micro_batch} does not split over "
@@ -49,7 +49,8 @@ def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 
         max_pixels=run.data.max_pixels, seed=run.train.seed, num_epochs=None,
         worker_count=run.data.worker_count, on_error=run.data.on_error,
         quarantine_path=os.path.join(run.workdir, "quarantine.jsonl"),
-        shard_index=shard_index, shard_count=shard_count, pad_id=pad_id)
+        shard_index=shard_index, shard_count=shard_count, pad_id=pad_id,
+        **video_options(run.data))
 
 
 def build_loader(run, model_config, *, tokenizer_dir: str):
