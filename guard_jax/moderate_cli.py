@@ -2,20 +2,21 @@
 
     guard-jax moderate --model (HF_DIR | CKPT_DIR) --recipe R
         [--prompt TEXT | --prompt-file FILE] [--response TEXT | --response-file FILE]
-        [--image PATH]... [--policy FILE] [--option KEY=VALUE]... [--max-new-tokens N]
+        [--image PATH]... [--video PATH]... [--video-fps F] [--max-frames N]
+        [--policy FILE] [--option KEY=VALUE]... [--max-new-tokens N]
         [--max-prompt-tokens N] [--dtype bfloat16|float32|float16] [--step N]
 
 The input goes the way of training and `guard-jax eval`: a `data_pipeline.schema.Sample` built
-from the arguments, the recipe's renderer (`data_pipeline.prompts`), the Qwen2-VL image
-preprocessing, the chat template with the generation prompt, greedy decoding through
+from the arguments, the recipe's renderer (`data_pipeline.prompts`), the Qwen2-VL image and
+video preprocessing, the chat template with the generation prompt, greedy decoding through
 `guard_jax.generate`, and the recipe's lenient parser (`guard_jax.evaluation.parsers`). A
 training checkpoint is first exported to a temporary HF directory, so the verdict comes from the
 very files transformers or vLLM would serve. Nothing here is device-specific: the model lands on
 JAX's default device (a GPU when there is one, else the CPU).
 
 Bad input raises `UsageError` (a `guard_jax.errors.InputError`: one line, exit 2) before the
-model loads where it can: arguments, text files, images (the checks of `guard-jax data build`,
-data_pipeline/image_validation.py), and, once the prompt is rendered and tokenized but before
+model loads where it can: arguments, text files, images and videos (the checks of
+`guard-jax data build`, data_pipeline/image_validation.py and video_validation.py), and, once the prompt is rendered and tokenized but before
 anything compiles, its length against --max-prompt-tokens and the model's context
 (docs/moderate.md).
 """
@@ -53,6 +54,9 @@ RECIPES = {
     "vlmguard_r1": RecipeDefaults("", 1024, 1003520, True, False, False, 4096),
 }
 MIN_PIXELS = 3136  # the run config's default (4 merged patches)
+# videos: the run config's data.* defaults (frames sampled at VIDEO_FPS, 4..max frames)
+VIDEO_FPS, MIN_FRAMES, MAX_FRAMES = 2.0, 4, 16
+VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 3136, 100352
 POLICY_RECIPES = ("safeguard_vl", "llavaguard")
 
 
@@ -76,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           help="read the reply from a UTF-8 file (one final newline dropped)")
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="an image of the user turn (repeatable, in order)")
+    p.add_argument("--video", action="append", default=[], metavar="PATH",
+                   help="a video of the user turn (repeatable, in order; placed before the "
+                        "images)")
+    p.add_argument("--video-fps", type=float, default=VIDEO_FPS,
+                   help=f"video frames sampled per second (default {VIDEO_FPS})")
+    p.add_argument("--max-frames", type=int, default=MAX_FRAMES,
+                   help=f"most frames sampled per video (default {MAX_FRAMES})")
     p.add_argument("--policy", default=None, metavar="FILE",
                    help="a policy text file (safeguard_vl, llavaguard; default: the O1-O9 "
                    "LlavaGuard policy)")
@@ -104,8 +115,13 @@ def check_arguments(args) -> RecipeDefaults:
     if not d.reads_text and args.prompt is not None:
         raise UsageError(f"--recipe {args.recipe} judges the image against the policy; its "
                          "prompt has no place for --prompt text")
-    if not d.reads_text and not args.image:
+    if not d.reads_text and not args.image and not getattr(args, "video", None):
         raise UsageError(f"--recipe {args.recipe} judges an image: pass --image PATH")
+    if getattr(args, "video_fps", VIDEO_FPS) <= 0:
+        raise UsageError(f"--video-fps must be > 0, got {args.video_fps}")
+    if getattr(args, "max_frames", MAX_FRAMES) < 2:
+        raise UsageError(f"--max-frames must be >= 2 (one temporal patch), got "
+                         f"{args.max_frames}")
     if args.response is not None and not d.takes_response:
         raise UsageError(f"--recipe {args.recipe} does not judge responses; drop --response")
     if args.policy is not None and not d.takes_policy:
@@ -149,6 +165,36 @@ def load_images(paths):
     return images
 
 
+def check_videos(paths) -> None:
+    """Each file opens, has a video stream within the limits and decodes its first frame, so a
+    bad file fails before the model loads."""
+    from data_pipeline.video_processing import VideoProblem, check_video
+    for path in paths:
+        try:
+            check_video(path)
+        except VideoProblem as e:
+            raise UsageError(f"--video {path}: {e} ({e.reason})") from e
+
+
+def video_inputs(args):
+    """(pixel_values_videos, video_grid_thw, second_per_grid_ts) of --video, or None."""
+    import numpy as np
+
+    from data_pipeline.video_processing import VideoProblem, preprocess_videos
+    if not args.video:
+        return None
+    parts = []
+    for path in args.video:  # one at a time, so an error names the file
+        try:
+            parts.append(preprocess_videos(path, fps=args.video_fps, min_frames=MIN_FRAMES,
+                                           max_frames=args.max_frames,
+                                           min_pixels=VIDEO_MIN_PIXELS,
+                                           max_pixels=VIDEO_MAX_PIXELS))
+        except (VideoProblem, ValueError) as e:
+            raise UsageError(f"--video {path}: {str(e).removeprefix('video 0: ')}") from e
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
 def read_text(flag: str, path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -168,7 +214,7 @@ def read_policy(path) -> str | None:
 
 
 def build_sample(args, image_paths):
-    from data_pipeline.schema import ImageRef, Label, Sample, Task
+    from data_pipeline.schema import ImageRef, Label, Sample, Task, VideoRef
     if args.recipe == "vlmguard_r1":
         task = Task.PROMPT_REWRITING
     elif args.recipe in POLICY_RECIPES:
@@ -181,11 +227,13 @@ def build_sample(args, image_paths):
     return Sample(id="moderate", source="command line", task=task,
                   user_text=args.prompt or "", response=args.response,
                   images=tuple(ImageRef(path=str(p)) for p in image_paths),
+                  videos=tuple(VideoRef(path=str(p)) for p in getattr(args, "video", ())),
                   prompt_label=Label.UNHARMFUL, policy=read_policy(args.policy))
 
 
-def prepare_inputs(args, defaults: RecipeDefaults, tokenizer, images):
-    """(input_ids [1, L], pixel_values or None, image_grid_thw or None) for the sample."""
+def prepare_inputs(args, defaults: RecipeDefaults, tokenizer, images, videos=None):
+    """(input_ids [1, L], pixel_values or None, image_grid_thw or None) for the sample;
+    `videos` is what `video_inputs` gives for its --video files."""
     import numpy as np
 
     from data_pipeline import preprocess_images
@@ -212,7 +260,8 @@ def prepare_inputs(args, defaults: RecipeDefaults, tokenizer, images):
         pvs.append(pv)
         grids.append(np.asarray(grid, np.int64).reshape(-1, 3))
     grid = np.concatenate(grids) if grids else None
-    tok = tokenize_rendered(rendered, tokenizer, grid, add_generation_prompt=True)
+    tok = tokenize_rendered(rendered, tokenizer, grid, add_generation_prompt=True,
+                            video_grids=None if videos is None else videos[1])
     if not images:
         return tok.input_ids[None], None, None
     return tok.input_ids[None], np.concatenate(pvs), grid
@@ -280,25 +329,30 @@ class Moderator:
     def __call__(self, recipe: str, *, prompt: str | None = None, response: str | None = None,
                  images=(), policy: str | None = None, options=(),
                  max_new_tokens: int | None = None, max_pixels: int | None = None,
-                 max_prompt_tokens: int | None = None) -> dict:
-        """The verdict dict `guard-jax moderate` prints. `images` are paths, `policy` a path to
-        a policy text file, `options` "key=value" renderer options."""
+                 max_prompt_tokens: int | None = None, videos=(), video_fps: float = VIDEO_FPS,
+                 max_frames: int = MAX_FRAMES) -> dict:
+        """The verdict dict `guard-jax moderate` prints. `images` and `videos` are paths,
+        `policy` a path to a policy text file, `options` "key=value" renderer options."""
         args = argparse.Namespace(recipe=recipe, prompt=prompt, response=response,
                                   image=list(images), policy=policy, option=list(options),
                                   max_new_tokens=max_new_tokens, max_pixels=max_pixels,
-                                  max_prompt_tokens=max_prompt_tokens)
+                                  max_prompt_tokens=max_prompt_tokens, video=list(videos),
+                                  video_fps=video_fps, max_frames=max_frames)
         defaults = check_arguments(args)
         pil_images = load_images(args.image)
-        input_ids, pv, grid = prepare_inputs(args, defaults, self.tokenizer, pil_images)
+        vids = video_inputs(args)
+        input_ids, pv, grid = prepare_inputs(args, defaults, self.tokenizer, pil_images, vids)
         max_new_tokens = max_new_tokens or defaults.max_new_tokens
         self.check_length(int(input_ids.shape[1]), max_new_tokens=max_new_tokens,
                           max_prompt_tokens=max_prompt_tokens or defaults.max_prompt_tokens)
-        out = self.generate(input_ids, pv, grid, max_new_tokens=max_new_tokens)
+        video_kw = {} if vids is None else {"videos": vids}
+        out = self.generate(input_ids, pv, grid, max_new_tokens=max_new_tokens, **video_kw)
         raw = self.tokenizer.decode(out["ids"], skip_special_tokens=True)
         verdict = verdict_json(recipe, raw, judged_response=response is not None)
         verdict.update(output_tokens=len(out["ids"]), finished=out["finished"],
                        model=self.model_dir, prompt_tokens=int(input_ids.shape[1]),
-                       images=len(pil_images), max_new_tokens=out["max_new_tokens"])
+                       images=len(pil_images), videos=len(args.video),
+                       max_new_tokens=out["max_new_tokens"])
         return verdict
 
     def check_length(self, prompt_tokens: int, *, max_new_tokens: int,
@@ -317,7 +371,8 @@ class Moderator:
                              f"max_position_embeddings {limit} (--model {self.model_dir}); "
                              "shorten the input or lower --max-new-tokens")
 
-    def generate(self, input_ids, pixel_values, image_grid_thw, *, max_new_tokens: int) -> dict:
+    def generate(self, input_ids, pixel_values, image_grid_thw, *, max_new_tokens: int,
+                 videos=None) -> dict:
         """Greedy ids up to (not including) the EOS, and whether an EOS ended them."""
         import numpy as np
 
@@ -330,6 +385,8 @@ class Moderator:
         mask = (np.arange(padded) >= padded - length).astype(np.int32)[None]
         out = guard_jax.generate(self.model, ids, attention_mask=mask, pixel_values=pixel_values,
                                  image_grid_thw=image_grid_thw, max_new_tokens=max_new_tokens,
+                                 **dict(zip(("pixel_values_videos", "video_grid_thw",
+                                             "second_per_grid_ts"), videos or ())),
                                  temperature=0.0, eos_token_ids=config.generation_eos_ids,
                                  return_output=True)
         finished = bool(out.finished[0])
@@ -344,11 +401,13 @@ def main(args) -> int:
     read_text_arguments(args)  # argument and file errors before the model loads
     check_arguments(args)
     load_images(args.image)
+    check_videos(args.video)
     read_policy(args.policy)
     moderator = Moderator(args.model, dtype=args.dtype, step=args.step)
     verdict = moderator(args.recipe, prompt=args.prompt, response=args.response,
                         images=args.image, policy=args.policy, options=args.option,
                         max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels,
-                        max_prompt_tokens=args.max_prompt_tokens)
+                        max_prompt_tokens=args.max_prompt_tokens, videos=args.video,
+                        video_fps=args.video_fps, max_frames=args.max_frames)
     print(json.dumps(verdict, ensure_ascii=False, indent=2))
     return 0

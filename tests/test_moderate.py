@@ -17,7 +17,7 @@ from tiny_qwen_dir import write_tiny_qwen_hf_dir
 MAX_NEW = 4  # one compilation per prompt bucket and image shape; test_eval_model uses 4 too
 COMMON_KEYS = {"recipe", "labels", "category", "category_text", "reasoning", "parsed",
                "strict_format", "raw_output", "output_tokens", "finished", "model",
-               "prompt_tokens", "images", "max_new_tokens"}
+               "prompt_tokens", "images", "videos", "max_new_tokens"}
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +180,45 @@ def test_verdict_rewriter():
     cut = verdict_json("vlmguard_r1", "<think>The knife", judged_response=False)
     assert cut["rewritten_prompt"] is None and not cut["parsed"]
     assert cut["risk_analysis"] == "The knife"
+
+
+def test_video_prompt(files, moderator, capsys):
+    """`moderate --video PATH`: the verdict is the greedy output of guard_jax.generate on the
+    video's arrays from data_pipeline; a bad video is one line naming --video, exit 2."""
+    import guard_jax
+    from data_pipeline.prompts import render
+    from data_pipeline.schema import Label, Sample, Task, VideoRef
+    from data_pipeline.tokenize import tokenize_rendered
+    from data_pipeline.video_processing import preprocess_videos
+    from video_files import encode, random_frames
+    clip = files / "clip.mp4"
+    clip.write_bytes(encode(random_frames(9, 40, 56, seed=3), fps=4))
+    (files / "junk.mp4").write_bytes(b"not a video" * 10)
+    assert cli_main(["moderate", "--model", str(files / "hf"), "--recipe", "guardreasoner_vl",
+                     "--prompt", "is this clip safe", "--video", str(clip), "--dtype",
+                     "float32", "--max-new-tokens", str(MAX_NEW)]) == 0
+    v = _check(json.loads(capsys.readouterr().out), "guardreasoner_vl")
+    assert v["videos"] == 1
+    # the same prompt and video by hand
+    pvv, grid, sec = preprocess_videos(clip, fps=2.0, min_frames=4, max_frames=16,
+                                       min_pixels=3136, max_pixels=100352)
+    sample = Sample(id="x", source="t", task=Task.PROMPT_HARMFULNESS,
+                    user_text="is this clip safe", prompt_label=Label.UNHARMFUL,
+                    videos=(VideoRef(path=str(clip)),))
+    rendered = render("guardreasoner_vl", sample, mode="sft", use_sample_instruction=False)
+    tok = tokenize_rendered(rendered, moderator.tokenizer, None, add_generation_prompt=True,
+                            video_grids=grid)
+    assert v["prompt_tokens"] == len(tok.input_ids)
+    assert int((tok.input_ids == 151656).sum()) == int(np.prod(grid)) // 4
+    model = moderator.model
+    ids = tok.input_ids[None]
+    out = guard_jax.generate(model, ids, attention_mask=np.ones_like(ids),
+                             pixel_values_videos=pvv, video_grid_thw=grid,
+                             second_per_grid_ts=sec, max_new_tokens=MAX_NEW, temperature=0.0,
+                             eos_token_ids=model.config.generation_eos_ids)
+    assert v["raw_output"] == moderator.tokenizer.decode(out[0], skip_special_tokens=True)
+    assert cli_main(["moderate", "--model", str(files / "hf"), "--recipe", "guardreasoner_vl",
+                     "--prompt", "x", "--video", str(files / "junk.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"guard-jax moderate: --video {files / 'junk.mp4'}: not a readable "
+                          "video") and err.endswith("(unreadable_video)") and "\n" not in err
