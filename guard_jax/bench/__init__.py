@@ -26,6 +26,8 @@ BENCHES = {
                 "generate tokens/s: ours (KV cache, while_loop) vs transformers; HBM roofline"),
     "grpo": ("guard_jax.bench.grpo_bench",
              "GRPO update micro-batch: fused head + log-softmax vs autodiff (time, memory)"),
+    "grpo-step": ("guard_jax.bench.grpo_step_bench",
+                  "one whole GRPO step, ours vs TRL's GRPOTrainer: per-phase time and RSS"),
 }
 
 
