@@ -268,13 +268,18 @@ def _sampler_programs(name, sampler, params, prompts, mesh) -> list[Compiled]:
     from guard_jax.sharding import SAMPLE_RULES, param_shardings
     params = _abstract(params, param_shardings(params, mesh, SAMPLE_RULES))
     batch = _batch(prompts, mesh, SAMPLE_RULES)
-    prefill, decode = sampler.functions(params, batch)
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=NamedSharding(mesh, P()))
+    fns = sampler.functions(params, batch)
+    if not isinstance(fns, tuple):  # one program, prefill and slot loop (sampling/continuous.py)
+        rows = jax.ShapeDtypeStruct((batch["input_ids"].shape[0] * sampler.params.num_samples,),
+                                    "int32", sharding=NamedSharding(mesh, P()))
+        return [_compile(f"{name} continuous", fns, params, batch, rng, rows)]
+    prefill, decode = fns
     t0 = time.perf_counter()
     lowered = prefill.lower(params, batch)
     out = [_analyse(f"{name} prefill", lowered, t0)]
     cache, logits = lowered.out_info  # ShapeDtypeStructs with the output shardings
-    rng = jax.eval_shape(lambda: jax.random.key(0))
-    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=NamedSharding(mesh, P()))
     out.append(_compile(f"{name} decode", decode, params, cache, logits, rng))
     return out
 

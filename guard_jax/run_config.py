@@ -97,6 +97,8 @@ def base_config() -> ConfigDict:
         temperature=1.0,
         top_p=1.0,
         top_k=0,  # 0 = off
+        rollout_engine="static",  # static | continuous (docs/sampling.md#engines)
+        rollout_slots=0,  # continuous: decode slots; 0 = a quarter of a chunk's rollouts
         kl_coef=0.0,  # KL loss coefficient (verl kl_loss_coef); > 0 keeps a frozen reference
         # the KL loss estimator: kl/k1 | abs | mse/k2 | low_var_kl/k3, each also NAME+
         # (straight through: NAME's value, k2's gradient); training/rl/kl.py
@@ -386,13 +388,14 @@ def grpo_choices() -> dict:
     from guard_jax.training import grpo_loss as L
     from guard_jax.training.rl.rollout_correction import LEVELS, MODES
     from guard_jax.training.rl.kl import CONTROLLERS
+    from guard_jax.sampling.engines import ENGINES
     return {"kl_penalty": L.KL_PENALTIES, "kl_in_reward_penalty": L.KL_PENALTIES,
             "kl_ctrl_type": CONTROLLERS, "adv_estimator": L.ADV_ESTIMATORS,
             "policy_loss": L.POLICY_LOSSES, "clip_schedule": L.CLIP_SCHEDULES,
             "loss_agg_mode": L.LOSS_AGG_MODES, "filter_by": L.FILTER_BY,
             "dynamic_sampling": ("off", "mask", "overgenerate", "regenerate"),
             "skip_old_logprob": ("auto", "never"),
-            "rollout_is": LEVELS, "rollout_is_mode": MODES}
+            "rollout_is": LEVELS, "rollout_is_mode": MODES, "rollout_engine": tuple(ENGINES)}
 
 
 def _grpo_errors(c: ConfigDict) -> list[str]:
@@ -416,6 +419,9 @@ def _grpo_errors(c: ConfigDict) -> list[str]:
             errs.append(f"grpo.{k}={g[k]} must be >= 0")
     if g.temperature == 0:
         errs.append("grpo.temperature=0 is greedy: every sample of a group would be the same")
+    if g.rollout_slots and (g.rollout_slots < 0 or g.rollout_engine == "static"):
+        errs.append(f"grpo.rollout_slots={g.rollout_slots} must be >= 0, and 0 with "
+                    "rollout_engine='static' (which has no slot pool)")
     if g.overgenerate_factor < 1 or g.max_regenerations < 0 or g.logprob_micro_batch < 0:
         errs.append("grpo.overgenerate_factor must be >= 1, max_regenerations and "
                     "logprob_micro_batch >= 0")

@@ -25,6 +25,7 @@ from guard_jax.sampling.sampler import SampleOutput, Sampler, SamplingParams
 from guard_jax.sharding import SAMPLE_RULES, batch_shardings, make_mesh, put_batch
 from hf_reference import image_tokens, left_pad, random_image_inputs
 from test_generate import GRIDS, assert_frequencies
+from test_grpo import _metrics, _params, _run_config, _train, task  # noqa: F401 (a fixture)
 
 N = 8
 BLOCK = 4
@@ -230,6 +231,56 @@ def test_pool_and_block_are_checked(model):
     params = SamplingParams(N, (1,), 0)
     with pytest.raises(ValueError, match="slots=0"):
         ContinuousEngine(graphdef, params, slots=0)
-    assert ContinuousEngine(graphdef, params).pool_size(12) == 6
+    assert ContinuousEngine(graphdef, params).pool_size(12) == 3
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(10) == 8
+    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(10) == 4
+    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(40) == 12
+    with pytest.raises(ValueError, match="slots=4: the static engine"):
+        engines.make_engine("static", graphdef, params, slots=4)
+    assert engines.make_engine("continuous", graphdef, params, slots=4).pool_size(40) == 4
+
+
+# ---------------------------------------------------------------------------- GRPO, TPU
+def test_grpo_step_with_continuous_equals_static(task, tmp_path):  # noqa: F811
+    """One GRPO step (2 prompts x G 4 through the default 2 slots, 16 new tokens) with top_k 1,
+    where both engines draw the argmax: the same rollouts, rewards, loss and parameters."""
+    runs = {}
+    for engine in ("static", "continuous"):
+        _train(task, tmp_path / engine, **{"train.steps": 1, "train.checkpoint_every": 1,
+                                           "grpo.top_k": 1, "grpo.rollout_engine": engine})
+        runs[engine] = _metrics(tmp_path / engine)[0], _params(tmp_path / engine, 1)
+    (want, want_p), (got, got_p) = runs["static"], runs["continuous"]
+    for key in ("reward/total/mean", "reward/total/std", "response_length/mean",
+                "response_length/clip_ratio", "loss", "actor/entropy", "grad_norm"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    assert want_p.keys() == got_p.keys()
+    for k in want_p:
+        np.testing.assert_allclose(got_p[k], want_p[k], atol=1e-6, err_msg=k)
+
+
+def test_grpo_engine_knobs_are_checked(task):  # noqa: F811
+    from guard_jax.errors import InputError
+    with pytest.raises(InputError, match=r"grpo.rollout_engine='paged'; choose one of \('static', "
+                       "'continuous'\)"):
+        _run_config(task, **{"grpo.rollout_engine": "paged"})
+    with pytest.raises(InputError, match="grpo.rollout_slots=4 must be >= 0, and 0 with "
+                       "rollout_engine='static'"):
+        _run_config(task, **{"grpo.rollout_slots": 4})
+    run = _run_config(task, **{"grpo.rollout_slots": 4, "grpo.rollout_engine": "continuous"})
+    assert run.grpo.rollout_slots == 4
+
+
+def test_grpo_rollout_compiles_for_tpu():
+    """GRPO with rollout_engine=continuous compiles for a v5p 2x2x1 topology with the TPU
+    compiler on this CPU host (as tests/test_tpu_aot.py does): one rollout program (prefill
+    and slot loop, attention on XLA), next to the log-prob forward and the update."""
+    from guard_jax import aot
+    from guard_jax.run_config import load_config
+
+    run = load_config("configs/tiny_grpo.py", [
+        "--config.model.attention_impl=auto", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+        "--config.mesh.tensor=2", "--config.grpo.rollout_engine=continuous"])
+    shape, results = aot.compile_run(run, aot.tpu_devices(aot.parse_tpu_target("v5p-8")))
+    r = {x.name: x for x in results}
+    assert set(r) == {"rollout continuous", "old/ref log-probs", "grpo update step"}
+    assert r["rollout continuous"].peak > 0 and r["rollout continuous"].flops > 0

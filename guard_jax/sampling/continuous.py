@@ -218,11 +218,11 @@ def _decode(model, prompts: PromptCache, out: dict, rng, params, pick, slots: in
 
 
 def default_slots(rows: int, mesh=None) -> int:
-    """Half the rows (finished rows hand their slots on, so the pool stays busy), rounded up to
-    a multiple of the mesh's data x fsdp size, at most the rows."""
+    """A quarter of the rows (finished rows hand their slots on, so the pool stays busy),
+    rounded up to a multiple of the mesh's data x fsdp size, at most the rows."""
     shards = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    half = -(-rows // 2)
-    return min(rows, -(-half // shards) * shards)
+    quarter = -(-rows // 4)
+    return min(rows, -(-quarter // shards) * shards)
 
 
 class ContinuousEngine(Sampler):
@@ -249,9 +249,8 @@ class ContinuousEngine(Sampler):
     def _compile(self, state, batch):
         fn = self._trace(self._rollout)
         with self._rules():
-            cache = jax.eval_shape(functools.partial(
-                prefill_prompts, nnx.merge(self.graphdef, state), params=self.params,
-                block=self.block), batch)[0]
+            cache = jax.eval_shape(lambda st, b: prefill_prompts(
+                nnx.merge(self.graphdef, st), b, self.params, self.block), state, batch)[0]
         layers, _, _, kvh, hd = cache.k.shape
         self._token_bytes = 2 * layers * kvh * hd * cache.k.dtype.itemsize
         if self.mesh is None:

@@ -22,8 +22,14 @@ def register(name: str):
     return deco
 
 
-def make_engine(name: str, graphdef, sampling, *, mesh=None):
-    """The engine `name` (one of ENGINES) for `sampling` (a SamplingParams)."""
+def make_engine(name: str, graphdef, sampling, *, mesh=None, slots: int = 0):
+    """The engine `name` (one of ENGINES) for `sampling` (a SamplingParams). slots: the decode
+    pool of an engine that has one (0 = its default; the static engine has none)."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; known: {sorted(ENGINES)}")
-    return ENGINES[name](graphdef, sampling, mesh=mesh)
+    if not slots:
+        return ENGINES[name](graphdef, sampling, mesh=mesh)
+    if name == "static":
+        raise ValueError(f"slots={slots}: the static engine decodes every row at once; slots "
+                         "are for an engine with a decode pool (continuous)")
+    return ENGINES[name](graphdef, sampling, mesh=mesh, slots=slots)

@@ -163,7 +163,8 @@ def _compile_key(run) -> tuple:
     keep = {"model": d["model"], "mesh": d["mesh"], "optim": d["optim"], "lora": d["lora"],
             "batches": [d["train"][k] for k in ("global_batch", "micro_batch", "steps")],
             "updates": updates}
-    sampling = tuple(g[k] for k in ("num_generations", "max_new_tokens", "top_p", "top_k"))
+    sampling = tuple(g[k] for k in ("num_generations", "max_new_tokens", "top_p", "top_k",
+                                    "rollout_engine", "rollout_slots"))
     return json.dumps(keep, sort_keys=True), sampling, L.LossSettings.from_config(g)
 
 
@@ -224,15 +225,17 @@ def _jitted(run, graphdef, tx, lora, mesh, state_sh):
     import functools
 
     from guard_jax.run_config import model_config
-    from guard_jax.sampling import Sampler, SamplingParams
+    from guard_jax.sampling import SamplingParams
+    from guard_jax.sampling.engines import make_engine
     from guard_jax.training.train_step import jit_with_batch, make_train_step
 
     g, mc = run.grpo.to_dict(), model_config(run)
     settings = L.LossSettings.from_config(g)
-    sampler = Sampler(graphdef, SamplingParams(
+    sampler = make_engine(g["rollout_engine"], graphdef, SamplingParams(
         max_new_tokens=g["max_new_tokens"], eos_token_ids=mc.generation_eos_ids,
         pad_token_id=mc.generation_pad_id, temperature=g["temperature"], top_p=g["top_p"],
-        top_k=g["top_k"], num_samples=g["num_generations"]), mesh=mesh)
+        top_k=g["top_k"], num_samples=g["num_generations"]), mesh=mesh,
+        slots=g["rollout_slots"])
     accum = run.train.global_batch // run.train.micro_batch
     merge = jax.jit(functools.partial(_merged_params, lora), out_shardings=state_sh["params"])
     logprobs = jit_with_batch(functools.partial(_logprobs, graphdef, mesh, g["temperature"]),
@@ -580,7 +583,7 @@ def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 
     """The GRPO loader's settings for `run`: generation prompts without targets, one static
     length, a fresh permutation per epoch (docs/data.md). `guard-jax data build
     --check-config` checks records against the same."""
-    from data_pipeline.loader import LoaderConfig
+    from data_pipeline.loader import LoaderConfig, video_options
     return LoaderConfig(
         recipe=run.data.recipe,
         recipe_options=(("mode", run.data.recipe_mode),) if run.data.recipe_mode else (),
@@ -590,7 +593,8 @@ def loader_config(run, *, pad_id: int, shard_index: int = 0, shard_count: int = 
         max_pixels=run.data.max_pixels, seed=run.train.seed, num_epochs=None,
         worker_count=run.data.worker_count, on_error=run.data.on_error,
         quarantine_path=os.path.join(run.workdir, "quarantine.jsonl"),
-        shard_index=shard_index, shard_count=shard_count, pad_id=pad_id, rl=True)
+        shard_index=shard_index, shard_count=shard_count, pad_id=pad_id, rl=True,
+        **video_options(run.data))
 
 
 def train(run, workdir: str, *, allow_config_change=()) -> dict:
