@@ -48,6 +48,9 @@ def generate_outputs(model, batch, *, tokenizer, max_new_tokens: int, mesh=None)
     eos = model.config.generation_eos_ids
     tokens = generate(model, batch.input_ids, attention_mask=batch.attention_mask,
                       pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
+                      pixel_values_videos=batch.pixel_values_videos,
+                      video_grid_thw=batch.video_grid_thw,
+                      second_per_grid_ts=batch.second_per_grid_ts,
                       max_new_tokens=max_new_tokens, temperature=0.0, eos_token_ids=eos,
                       mesh=mesh)
     return decode_outputs(tokens, tokenizer, eos)

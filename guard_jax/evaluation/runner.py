@@ -51,6 +51,13 @@ class EvalExample:
     image_grid_thw: np.ndarray  # [images, 3]
     images: tuple  # the PIL images, in placeholder order
     prediction: Prediction  # gold label and group; its `raw` is filled after generation
+    # the videos, preprocessed with the run's data.video_* settings (none: 0 rows)
+    pixel_values_videos: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 1176), np.float32))  # [patches, 1176]
+    video_grid_thw: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 3), np.int64))  # [videos, 3]
+    second_per_grid_ts: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0,), np.float64))  # [videos]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +71,10 @@ class PromptBatch:
     attention_mask: np.ndarray  # [B, L]
     pixel_values: np.ndarray | None  # [all patches of the batch, 1176], or None
     image_grid_thw: np.ndarray | None  # [all images of the batch, 3], or None
+    # the batch's videos as guard_jax.generate takes them, or None
+    pixel_values_videos: np.ndarray | None = None  # [all video patches of the batch, 1176]
+    video_grid_thw: np.ndarray | None = None  # [all videos of the batch, 3]
+    second_per_grid_ts: np.ndarray | None = None  # [all videos of the batch]
 
 
 GenerateFn = Callable[[PromptBatch], Sequence[str]]
@@ -214,7 +225,8 @@ def _out_problem(out_dir) -> str | None:
 
 def _benchmark_problems(spec: dict, where: str, *, limit: int, on_error: str) -> list[str]:
     """The dataset and split, and for a dataset that stores image paths, its image root and
-    (with on_error=fail, where one would stop the run) every image file of the samples run."""
+    (with on_error=fail, where one would stop the run) every image and video file of the
+    samples run."""
     from data_pipeline.build import open_source
     try:
         source = open_source(spec["path"], spec["split"])
@@ -224,15 +236,21 @@ def _benchmark_problems(spec: dict, where: str, *, limit: int, on_error: str) ->
         return []
     root = Path(source.image_root or "")
     samples = source if not limit else itertools.islice(source, limit)
-    refs = [im.path for sample in samples for im in sample.images if im.data is None]
-    if refs and not root.is_dir():
+    refs = {"image": [], "video": []}
+    for sample in samples:
+        refs["image"] += [im.path for im in sample.images if im.data is None]
+        refs["video"] += [v.path for v in sample.videos if v.data is None]
+    if any(refs.values()) and not root.is_dir():
+        stored = " and ".join(f"{len(r)} {kind}s" for kind, r in refs.items() if r)
         return [f"{where}: image root {root} (from the dataset's metadata) does not exist; "
-                f"{len(refs)} images are stored relative to it"]
-    missing = [r for r in refs if not (root / r).is_file()]
-    if missing and on_error == "fail":
-        return [f"{where}: {len(missing)} of {len(refs)} image files missing under {root} "
-                f"(first: {missing[0]})"]
-    return []
+                f"{stored} are stored relative to it"]
+    out = []
+    for kind, paths in refs.items():
+        missing = [r for r in paths if not (root / r).is_file()]
+        if missing and on_error == "fail":
+            out.append(f"{where}: {len(missing)} of {len(paths)} {kind} files missing under "
+                       f"{root} (first: {missing[0]})")
+    return out
 
 
 def input_problems(run, *, checkpoint=None, hf_dir=None, step=None, out_dir=None,
@@ -302,10 +320,36 @@ def _prediction(sample, spec: dict, recipe: str) -> Prediction:
                       synonyms=tuple(cat.synonyms) if cat else ())
 
 
+def _videos(refs, root: str | None, data, fail):
+    """(pixel_values_videos, video_grid_thw, second_per_grid_ts) of a prompt's videos with the
+    run's data.video_fps / min_frames / max_frames / video_min_pixels / video_max_pixels, as
+    the loader preprocesses them (docs/data.md#videos); a bad one raises `fail(...)` naming
+    `videos[k]`."""
+    from data_pipeline.video_processing import VideoProblem, preprocess_videos
+    parts = []
+    for k, ref in enumerate(refs):
+        source = ref.data if ref.data is not None else os.path.join(root or "", ref.path)
+        where = ref.path or "the embedded video"
+        try:
+            parts.append(preprocess_videos(
+                source, fps=data.video_fps or None, min_frames=data.min_frames,
+                max_frames=data.max_frames, min_pixels=data.video_min_pixels,
+                max_pixels=data.video_max_pixels))
+        except VideoProblem as e:
+            raise fail(e.reason, f"{where}: {str(e).removeprefix('video 0: ')}",
+                       f"videos[{k}]") from None
+        except ValueError as e:  # e.g. an extreme aspect ratio
+            raise fail("bad_video", f"{where}: {str(e).removeprefix('video 0: ')}",
+                       f"videos[{k}]") from e
+    if not parts:
+        return preprocess_videos([])
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
 def prepare_example(sample, spec: dict, *, recipe: str, options: dict, tokenizer, run,
                     image_root: str | None) -> EvalExample:
     """Renders the recipe's prompt with no assistant turn, loads and preprocesses the images and
-    tokenizes. Bad input raises SampleError naming the sample and field."""
+    videos and tokenizes. Bad input raises SampleError naming the sample and field."""
     from data_pipeline.image_processing import preprocess_images
     from data_pipeline.prompts import render
     from data_pipeline.schema import SampleError
@@ -326,10 +370,12 @@ def prepare_example(sample, spec: dict, *, recipe: str, options: dict, tokenizer
             images.append(_open_image(ref, image_root))
         except (OSError, ValueError) as e:  # PIL's decompression-bomb error is a ValueError
             raise fail("bad_image", f"cannot load image: {e}", f"images[{k}]") from e
+    pvv, vgrid, seconds = _videos(rendered.videos, image_root, run.data, fail)
     try:
         pv, grid = preprocess_images(images, min_pixels=run.data.min_pixels,
                                      max_pixels=run.data.max_pixels)
-        tok = tokenize_rendered(rendered, tokenizer, grid, add_generation_prompt=True)
+        tok = tokenize_rendered(rendered, tokenizer, grid, add_generation_prompt=True,
+                                video_grids=vgrid)
     except ValueError as e:
         raise fail("tokenize", str(e), "images" if images else "user_text") from e
     if len(tok.input_ids) > run.eval.max_prompt_len:
@@ -339,7 +385,8 @@ def prepare_example(sample, spec: dict, *, recipe: str, options: dict, tokenizer
                                          add_generation_prompt=True)
     return EvalExample(sample.id, text, np.asarray(tok.input_ids, np.int32), pv,
                        np.asarray(grid, np.int64).reshape(-1, 3), tuple(images),
-                       _prediction(sample, spec, recipe))
+                       _prediction(sample, spec, recipe), np.asarray(pvv, np.float32),
+                       np.asarray(vgrid, np.int64).reshape(-1, 3), np.asarray(seconds))
 
 
 def make_batch(examples: Sequence[EvalExample], batch_size: int, *,
@@ -354,12 +401,17 @@ def make_batch(examples: Sequence[EvalExample], batch_size: int, *,
         ids[i, length - len(e.input_ids):] = e.input_ids
         mask[i, length - len(e.input_ids):] = 1
     grids = [e.image_grid_thw for e in rows if len(e.image_grid_thw)]
+    with_videos = [e for e in rows if len(e.video_grid_thw)]
+    videos = {}
+    if with_videos:  # every row's videos in row order, as guard_jax.generate takes them
+        videos = {k: np.concatenate([getattr(e, k) for e in with_videos]) for k in
+                  ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
     return PromptBatch(
         sample_ids=[e.sample_id for e in rows],
         valid=np.arange(len(rows)) < len(examples), texts=[e.text for e in rows],
         images=[e.images for e in rows], input_ids=ids, attention_mask=mask,
         pixel_values=np.concatenate([e.pixel_values for e in rows]) if grids else None,
-        image_grid_thw=np.concatenate(grids) if grids else None)
+        image_grid_thw=np.concatenate(grids) if grids else None, **videos)
 
 
 def generate_all(examples: Sequence[EvalExample], generate_fn: GenerateFn, *, batch_size: int,
