@@ -159,14 +159,14 @@ def test_allowed_changes_and_the_escape_hatch_warn_with_each_key(tmp_path, caplo
     saved = load_config(SFT, ["--config.data.path=/data/a"])
     _fake_checkpoint(tmp_path, saved, step=4)
     run = load_config(SFT, ["--config.data.path=/data/b", "--config.optim.lr=0.5",
-                            "--config.mesh.data=1"])
+                            "--config.mesh.data=2"])
     run.workdir = str(tmp_path)
     with pytest.raises(InputError, match=r"data\.path"):
         resume.check_config(run, tmp_path)
     with caplog.at_level(logging.WARNING):
         resume.check_config(run, tmp_path, allow=["data.path"])
     log = _logged(caplog)
-    assert "optim.lr (0.001 -> 0.5)" in log and "mesh.data (2 -> 1)" in log
+    assert "optim.lr (0.001 -> 0.5)" in log and "mesh.data (1 -> 2)" in log
     assert 'data.path ("/data/a" -> "/data/b")' in log
     with pytest.raises(InputError, match="optim.lrr: not a config key"):
         resume.check_config(run, tmp_path, allow=["optim.lrr"])
