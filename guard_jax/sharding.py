@@ -282,6 +282,7 @@ BATCH_AXES = {
     "weights": ("act_batch", None),
     "advantages": ("act_batch",),
     "rollout_is_weights": ("act_batch", None),
+    "sampler_logp": ("act_batch", None),
 }
 
 
