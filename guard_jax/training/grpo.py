@@ -81,7 +81,8 @@ def concat_prompts(parts: list[dict]) -> dict:
 
 def prompt_inputs(raw: dict, mc) -> dict:
     """Left-padded raw prompts -> the model's prompt inputs (M-RoPE positions, vision
-    windows), numpy."""
+    windows), numpy. A prompt's video patches join its image patches in its vision row
+    (`to_model_batch`), so the sampler's prefill and the update's forward embed them too."""
     from guard_jax.training.batch import to_model_batch
     batch = to_model_batch(raw, mc)
     return {k: batch[k] for k in PROMPT_KEYS if k in batch}
