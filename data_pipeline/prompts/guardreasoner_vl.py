@@ -15,7 +15,8 @@ Modes:
 `instruction=` overrides the instruction in both modes.
 `blank_image`: None keeps the sample's images as they are; True gives a text-only sample EasyR1's
 1x1 white image (faithful mode; it costs a few hundred visual tokens per sample); False drops such
-a placeholder (a converter marks it with `extras["blank_image"]`).
+a placeholder (a converter marks it with `extras["blank_image"]`). A sample with a video is not
+text-only: it gets no placeholder (the release's placeholder stands for a missing visual input).
 
 The image slot sits right after `Human user:\\n`, where the released data put `<image>`. A
 sample may carry a ready transcript in `extras["transcript"]` (the released data's `problem`
@@ -59,6 +60,7 @@ def transcript_parts(sample: Sample, *, blank_image: bool | None = None):
     images = tuple(sample.images)
     stored = sample.extras.get("transcript")
     drop_blank = blank_image is False and sample.extras.get("blank_image")
+    blank_image = blank_image and not sample.videos  # a video is the visual input
     if stored is not None:
         pieces = stored.split(IMAGE_MARKER)
         require(len(pieces) - 1 == len(images), sample, "extras.transcript",

@@ -22,7 +22,8 @@ The image parts come first in the user turn, before `<BEGIN CONVERSATION>`; for 
 (released data stores only `category == ""` and the name) hides the category whose name equals
 `original_category`, when it is a taxonomy name; otherwise the full list is shown.
 The modality is `extras["modality"]` when the sample has it (the converter keeps the dataset's),
-else it follows from the content. `use_sample_system=True` uses the dataset's own system prompt
+else it follows from the content. A sample with videos is refused (`videos`): ProGuard's prompts
+and reward have no video modality, and each of the three would misdescribe a clip. `use_sample_system=True` uses the dataset's own system prompt
 (`extras["system"]`) instead of ours; then the think tag it asks for is the dataset's business.
 """
 
@@ -156,6 +157,9 @@ def render(sample: Sample, *, think_tag: str = "thinking", use_sample_system: bo
            descriptions: Mapping[str, str] | None = None) -> RenderedPrompt:
     if think_tag not in ("thinking", "think"):
         raise ValueError(f"think_tag must be 'thinking' or 'think', got {think_tag!r}")
+    require(not sample.videos, sample, "videos",
+            f"ProGuard has prompts for text, image and text-image input only; this sample has "
+            f"{len(sample.videos)} video(s)")
     mod = sample.extras.get("modality") or modality(sample)
     require(mod in _TASK, sample, "extras.modality", f"unknown modality {mod!r}")
     require((mod == "text") == (not sample.images), sample, "images",
