@@ -30,7 +30,7 @@ from data_pipeline.local_files import load_tokenizer
 from data_pipeline.prompts import render
 from data_pipeline.schema import DataInputError, Sample, SampleError
 from data_pipeline.tokenize import TokenizeError, tokenize_rendered
-from data_pipeline.video_processing import VideoProblem, preprocess_videos
+from data_pipeline.video_processing import preprocess_video_refs
 
 SKIP = "_skip"
 
@@ -168,24 +168,11 @@ class ExampleTransform:
             raise SampleError("too_many_videos", f"{len(refs)} videos, the loader allows "
                               f"{c.videos_per_sample} per sample (data.videos_per_sample)",
                               record=sample.id, field="videos")
-        out = []
-        for k, ref in enumerate(refs):
-            source = ref.data if ref.data is not None else os.path.join(self.image_root or "",
-                                                                         ref.path)
-            try:
-                out.append(preprocess_videos(
-                    source, fps=c.video_fps or None, min_frames=c.min_frames,
-                    max_frames=c.max_frames, min_pixels=c.video_min_pixels,
-                    max_pixels=c.video_max_pixels))
-            except VideoProblem as e:
-                raise SampleError(e.reason, str(e).removeprefix("video 0: "), file=ref.path,
-                                  record=sample.id, field=f"videos[{k}]") from None
-            except ValueError as e:  # e.g. an extreme aspect ratio
-                raise SampleError("bad_video", str(e).removeprefix("video 0: "), file=ref.path,
-                                  record=sample.id, field=f"videos[{k}]") from e
-        if not out:
-            return preprocess_videos([])
-        return tuple(np.concatenate(parts) for parts in zip(*out))
+
+        def error(k, ref, reason, message):
+            return SampleError(reason, message, file=ref.path, record=sample.id,
+                               field=f"videos[{k}]")
+        return preprocess_video_refs(refs, self.image_root, c, error)
 
     def example(self, sample: Sample) -> dict[str, Any]:
         """The sample's arrays. Whatever this one record gets wrong (its text, its images, its

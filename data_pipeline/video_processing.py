@@ -348,6 +348,29 @@ def preprocess_video(video, *, sampling: Sampling = Sampling(),
     return patches, grid, tps / video.sampled_fps
 
 
+def preprocess_video_refs(refs, root: str | None, settings, error):
+    """A sample's stored videos (`schema.VideoRef`: bytes, or a path under `root`) through
+    `preprocess_videos` with `settings`' video_fps / min_frames / max_frames / video_min_pixels /
+    video_max_pixels (a `LoaderConfig`, or a run's `data` section: the loader and eval read a
+    sample's videos alike), concatenated in order. A video that cannot be used raises
+    `error(k, ref, reason, message)`, the caller's exception for `videos[k]`."""
+    parts = []
+    for k, ref in enumerate(refs):
+        source = ref.data if ref.data is not None else os.path.join(root or "", ref.path)
+        try:
+            parts.append(preprocess_videos(
+                source, fps=settings.video_fps or None, min_frames=settings.min_frames,
+                max_frames=settings.max_frames, min_pixels=settings.video_min_pixels,
+                max_pixels=settings.video_max_pixels))
+        except VideoProblem as e:
+            raise error(k, ref, e.reason, str(e).removeprefix("video 0: ")) from None
+        except ValueError as e:  # e.g. an extreme aspect ratio
+            raise error(k, ref, "bad_video", str(e).removeprefix("video 0: ")) from e
+    if not parts:
+        return preprocess_videos([])
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
 def preprocess_videos(videos, *, fps: float | None = None, num_frames: int | None = None,
                       min_frames: int = DEFAULT_MIN_FRAMES, max_frames: int = DEFAULT_MAX_FRAMES,
                       min_pixels: int = DEFAULT_VIDEO_MIN_PIXELS,

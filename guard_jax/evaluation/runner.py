@@ -325,25 +325,11 @@ def _videos(refs, root: str | None, data, fail):
     run's data.video_fps / min_frames / max_frames / video_min_pixels / video_max_pixels, as
     the loader preprocesses them (docs/data.md#videos); a bad one raises `fail(...)` naming
     `videos[k]`."""
-    from data_pipeline.video_processing import VideoProblem, preprocess_videos
-    parts = []
-    for k, ref in enumerate(refs):
-        source = ref.data if ref.data is not None else os.path.join(root or "", ref.path)
-        where = ref.path or "the embedded video"
-        try:
-            parts.append(preprocess_videos(
-                source, fps=data.video_fps or None, min_frames=data.min_frames,
-                max_frames=data.max_frames, min_pixels=data.video_min_pixels,
-                max_pixels=data.video_max_pixels))
-        except VideoProblem as e:
-            raise fail(e.reason, f"{where}: {str(e).removeprefix('video 0: ')}",
-                       f"videos[{k}]") from None
-        except ValueError as e:  # e.g. an extreme aspect ratio
-            raise fail("bad_video", f"{where}: {str(e).removeprefix('video 0: ')}",
-                       f"videos[{k}]") from e
-    if not parts:
-        return preprocess_videos([])
-    return tuple(np.concatenate(p) for p in zip(*parts))
+    from data_pipeline.video_processing import preprocess_video_refs
+
+    def error(k, ref, reason, message):
+        return fail(reason, f"{ref.path or 'the embedded video'}: {message}", f"videos[{k}]")
+    return preprocess_video_refs(refs, root, data, error)
 
 
 def prepare_example(sample, spec: dict, *, recipe: str, options: dict, tokenizer, run,
