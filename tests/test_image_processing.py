@@ -66,7 +66,7 @@ def test_several_images_concatenate(reference):
 
 
 def test_smart_resize_table():
-    # reference table (qwen2_5_vl.md §4.2)
+    # reference table of transformers' smart_resize (docs/data.md)
     for (h, w), pub, cls in [((56, 56), (56, 56), (56, 56)), ((100, 60), (112, 56), (112, 56)),
                              ((28, 28), (56, 56), (56, 56)), ((10, 500), (28, 420), (28, 420)),
                              ((1080, 1920), (1092, 1932), (728, 1316)),

@@ -1,7 +1,7 @@
 """Prompt rendering, tokenization and augmentations of data_pipeline, on the real Qwen2.5 tokenizer.
 
 The reference for every id sequence is transformers' own chat-template rendering of the same
-messages, followed by the processor's pad expansion (qwen2_5_vl.md §7.5) written out again here,
+messages, followed by the processor's pad expansion (docs/data.md) written out again here,
 independently of data_pipeline.tokenize.
 """
 
@@ -61,7 +61,7 @@ def test_tokenizer_matches_qwen2_5(tok):
 
 
 def test_manual_processor_example(tok):
-    """qwen2_5_vl.md §7.5: one 56x84 image (grid [1, 4, 6]) + "What is this?"."""
+    """The processor's expansion (docs/data.md): one 56x84 image (grid [1, 4, 6]) + "What is this?"."""
     messages = [{"role": "user", "content": [{"type": "image"},
                                              {"type": "text", "text": "What is this?"}]}]
     out = render_and_tokenize(messages, None, tok, [[1, 4, 6]], add_generation_prompt=True)
