@@ -61,7 +61,7 @@ def test_tokenizer_matches_qwen2_5(tok):
 
 
 def test_manual_processor_example(tok):
-    """The processor's expansion (docs/data.md): one 56x84 image (grid [1, 4, 6]) + "What is this?"."""
+    """The processor's expansion (docs/data.md): one 56x84 image (grid [1, 4, 6]) + a question."""
     messages = [{"role": "user", "content": [{"type": "image"},
                                              {"type": "text", "text": "What is this?"}]}]
     out = render_and_tokenize(messages, None, tok, [[1, 4, 6]], add_generation_prompt=True)
