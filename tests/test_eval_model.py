@@ -40,12 +40,10 @@ def get_config():
 ''' % MAX_NEW
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalmodel")
-    write_tiny_qwen_hf_dir(root)
-    raw = root / "raw"
-    raw.mkdir()
+def build_benchmarks(raw, data):
+    """The two benchmarks of CONFIG (TEXT as ToxicChat, IMAGES as HarmImageTest), written under
+    `raw` and built under `data`, which is returned."""
+    raw.mkdir(parents=True)
     (raw / "ToxicChat.json").write_text(json.dumps([
         {"instruction": "Classify.", "input": f"Human user:\n{t}\n\nAI assistant:\nNone\n",
          "output": gold} for t, gold in TEXT]))
@@ -56,11 +54,18 @@ def run(tmp_path_factory):
                 raw / f"im{i}.png")
             f.write(json.dumps({"id": f"img{i}", "prompt": prompt, "images": [f"im{i}.png"],
                                 "label": gold}) + "\n")
-    data = root / "data"
     build_dataset("guardreasoner_text", raw / "ToxicChat.json", data / "ToxicChat",
                   split="test", progress=False, echo=False)
     build_dataset("generic_jsonl", raw / "images.jsonl", data / "HarmImageTest", split="test",
                   progress=False, echo=False)
+    return data
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalmodel")
+    write_tiny_qwen_hf_dir(root)
+    data = build_benchmarks(root / "raw", root / "data")
     config = root / "tiny_eval.py"
     config.write_text(CONFIG)
     out = root / "out"

@@ -11,12 +11,10 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from data_pipeline.build import build_dataset
 from guard_jax.training.hf_convert import import_hf
 from processes import finish, ok, start
-from test_eval_model import CONFIG, IMAGES, TEXT
+from test_eval_model import CONFIG, build_benchmarks
 from tiny_qwen_dir import write_tiny_qwen_hf_dir
 
 WORKER = os.path.join(os.path.dirname(__file__), "eval_multihost_worker.py")
@@ -24,24 +22,9 @@ WORKER = os.path.join(os.path.dirname(__file__), "eval_multihost_worker.py")
 
 def _data(root, *, corrupt: bool):
     """Both benchmarks under root/data; with `corrupt`, image 1 is not an image any more."""
-    raw = root / "raw"
-    raw.mkdir(parents=True)
-    (raw / "ToxicChat.json").write_text(json.dumps([
-        {"instruction": "Classify.", "input": f"Human user:\n{t}\n\nAI assistant:\nNone\n",
-         "output": gold} for t, gold in TEXT]))
-    rng = np.random.default_rng(0)
-    with open(raw / "images.jsonl", "w") as f:
-        for i, (prompt, gold) in enumerate(IMAGES):
-            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
-                raw / f"im{i}.png")
-            f.write(json.dumps({"id": f"img{i}", "prompt": prompt, "images": [f"im{i}.png"],
-                                "label": gold}) + "\n")
-    build_dataset("guardreasoner_text", raw / "ToxicChat.json", root / "data" / "ToxicChat",
-                  split="test", progress=False, echo=False)
-    build_dataset("generic_jsonl", raw / "images.jsonl", root / "data" / "HarmImageTest",
-                  split="test", progress=False, echo=False)
+    build_benchmarks(root / "raw", root / "data")
     if corrupt:  # after the build, which would refuse it: only the eval run meets it
-        (raw / "im1.png").write_bytes(b"not a png")
+        (root / "raw" / "im1.png").write_bytes(b"not a png")
     return root / "data"
 
 
