@@ -20,7 +20,7 @@ from guard_jax.models.qwen2_5_vl import init_model
 from guard_jax.models.qwen2_5_vl.config import tiny
 from guard_jax.sampling import engines
 from guard_jax.sampling.continuous import ContinuousEngine, prefill_prompts
-from guard_jax.sampling.live_attention import live_attention
+from guard_jax.sampling.paged_attention import paged_attention
 from guard_jax.sampling.sampler import SampleOutput, Sampler, SamplingParams
 from guard_jax.sharding import SAMPLE_RULES, batch_shardings, make_mesh, put_batch
 from hf_reference import image_tokens, left_pad, random_image_inputs
@@ -28,7 +28,7 @@ from test_generate import GRIDS, assert_frequencies
 from test_grpo import _metrics, _params, _run_config, _train, task  # noqa: F401 (a fixture)
 
 N = 8
-BLOCK = 4
+PAGE = 4
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_greedy_text_equals_static_with_refills(model):
     want = run(Sampler, model, inputs, params)
     lengths = set(want.lengths.tolist())
     assert len(lengths) >= 3 and N in lengths and min(lengths) < N, want.lengths
-    got = run(ContinuousEngine, model, inputs, params, slots=4, block=BLOCK)
+    got = run(ContinuousEngine, model, inputs, params, slots=4, page=PAGE)
     assert_same(got, want)
     # 4 slots ran the 12 rows' decode steps (lengths - 1 each) with little idling
     useful = int((want.lengths - 1).sum())
@@ -103,7 +103,7 @@ def test_greedy_images_equals_static(model):
     params = SamplingParams(N, (int(free[0, 3]),), c.generation_pad_id, num_samples=2)
     want = run(Sampler, model, inputs, params)
     assert want.lengths.tolist()[:2] == [4, 4] and want.lengths[2] == N, want.lengths
-    assert_same(run(ContinuousEngine, model, inputs, params, slots=3, block=BLOCK), want)
+    assert_same(run(ContinuousEngine, model, inputs, params, slots=3, page=PAGE), want)
 
 
 def test_target_lengths_end_rows_and_size_the_reads(model):
@@ -113,7 +113,7 @@ def test_target_lengths_end_rows_and_size_the_reads(model):
     inputs = text_inputs(c)
     params = SamplingParams(N, (255,), c.generation_pad_id, num_samples=2)
     graphdef, state = nnx.split(model)
-    eng = ContinuousEngine(graphdef, params, slots=3, block=BLOCK)
+    eng = ContinuousEngine(graphdef, params, slots=3, page=PAGE)
     batch = jax.device_put(model.prepare_inputs(**inputs))
     free = SampleOutput(*(np.asarray(a) for a in eng(state, batch, jax.random.key(0))))
     targets = np.asarray([1, 8, 2, 3, 8, 5, 1, 1], np.int32)
@@ -206,7 +206,7 @@ def sampled(model):
                             top_k=50, num_samples=4)
     inputs = text_inputs(c, seed=1)
     return inputs, params, run(ContinuousEngine, model, inputs, params, rng=3, slots=16,
-                               block=BLOCK)
+                               page=PAGE)
 
 
 def test_sampled_rows_do_not_depend_on_the_pool(model, sampled):
@@ -214,7 +214,7 @@ def test_sampled_rows_do_not_depend_on_the_pool(model, sampled):
     inputs, params, wide = sampled
     assert len(set(wide.lengths.tolist())) >= 3, wide.lengths  # rows end at different steps
     assert len({tuple(r) for r in wide.tokens}) == 16  # the G samples of a prompt differ
-    assert_same(run(ContinuousEngine, model, inputs, params, rng=3, slots=3, block=BLOCK), wide)
+    assert_same(run(ContinuousEngine, model, inputs, params, rng=3, slots=3, page=PAGE), wide)
 
 
 def test_sharded_equals_unsharded(model, sampled):
@@ -222,7 +222,7 @@ def test_sharded_equals_unsharded(model, sampled):
     over tensor."""
     inputs, params, plain = sampled
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    got = run(ContinuousEngine, model, inputs, params, rng=3, mesh=mesh, block=BLOCK)
+    got = run(ContinuousEngine, model, inputs, params, rng=3, mesh=mesh, page=PAGE)
     assert_same(got, plain)
 
 
