@@ -4,6 +4,8 @@ Two jobs: resolve a raw image path safely under the dataset root (no `..`, no ab
 symlink leading outside it), and decode the image fully with PIL (catching corrupt and truncated
 files and decompression bombs) before it is written to a dataset. Problems raise `ImageProblem`
 with a reason word; the converters turn it into a `SampleError` that names file, record and field.
+Eval and the training loader open images with `open_image`, whose errors (a decompression bomb
+among them) become a bad record the same way.
 """
 
 from __future__ import annotations
@@ -91,34 +93,60 @@ def _pixel_cap(cap: int | None):
         Image.MAX_IMAGE_PIXELS = saved
 
 
+@contextlib.contextmanager
+def _problems(what: str, cap: int | None = None):
+    """PIL's errors while reading `what` as `ImageProblem`s with their reason words (`cap`: the
+    pixel cap to name in a decompression-bomb message, when it is not PIL's own)."""
+    try:
+        yield
+    except ImageProblem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        limit = "" if cap is None else f" (cap {cap} pixels)"
+        raise ImageProblem(IMAGE_TOO_LARGE, f"{what}: {e}{limit}") from None
+    except UnidentifiedImageError:
+        raise ImageProblem(CORRUPT_IMAGE, f"{what} is not a readable image") from None
+    except FileNotFoundError:
+        raise ImageProblem(MISSING_IMAGE, f"{what} does not exist") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        reason = TRUNCATED_IMAGE if "truncat" in str(e).lower() else CORRUPT_IMAGE
+        raise ImageProblem(reason, f"{what} cannot be decoded: {type(e).__name__}: {e}") from None
+
+
 def check_image_bytes(data: bytes, policy: ImagePolicy, *, what: str = "image") -> tuple[int, int]:
     """Opens, verifies and (by default) decodes encoded image bytes; returns (width, height)."""
     if not data:
         raise ImageProblem(CORRUPT_IMAGE, f"{what} is empty (0 bytes)")
     cap = policy.cap()
-    try:
-        with _pixel_cap(cap):
+    with _problems(what, cap), _pixel_cap(cap):
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if cap is not None and width * height > cap:
+                raise ImageProblem(IMAGE_TOO_LARGE, f"{what} has {width}x{height} = "
+                                   f"{width * height} pixels, above the cap of {cap}")
+            im.verify()
+        if policy.decode:
             with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                if cap is not None and width * height > cap:
-                    raise ImageProblem(IMAGE_TOO_LARGE, f"{what} has {width}x{height} = "
-                                       f"{width * height} pixels, above the cap of {cap}")
-                im.verify()
-            if policy.decode:
-                with Image.open(io.BytesIO(data)) as im:
-                    im.load()
-    except ImageProblem:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageProblem(IMAGE_TOO_LARGE, f"{what}: {e} (cap {cap} pixels)") from None
-    except UnidentifiedImageError:
-        raise ImageProblem(CORRUPT_IMAGE, f"{what} is not a readable image") from None
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        reason = TRUNCATED_IMAGE if "truncat" in str(e).lower() else CORRUPT_IMAGE
-        raise ImageProblem(reason, f"{what} cannot be decoded: {type(e).__name__}: {e}") from None
+                im.load()
     if min(width, height) <= 0:
         raise ImageProblem(CORRUPT_IMAGE, f"{what} has an empty side: {width}x{height}")
     return width, height
+
+
+def open_image(source, *, what: str = "image") -> Image.Image:
+    """A decoded PIL image from encoded bytes or a file path, for the model (eval, the training
+    loader). PIL's own decompression-bomb limit holds (`Image.MAX_IMAGE_PIXELS`: a warning
+    above it, an error above twice it); that error (or the warning, where a warnings filter
+    makes it one) and any unreadable file raise `ImageProblem` with its reason word. Unlike
+    `check_image_bytes` this changes no global state, so loader threads may call it at once."""
+    with _problems(what):
+        im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        try:
+            im.load()
+        except BaseException:
+            im.close()
+            raise
+        return im
 
 
 def load_image_ref(raw, root: str | os.PathLike, policy: ImagePolicy) -> ImageRef:

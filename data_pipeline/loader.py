@@ -16,7 +16,6 @@ happens in the trainer, which keeps this package free of model code.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.image_processing import PATCH_SIZE, preprocess_images
+from data_pipeline.image_validation import ImageProblem, open_image
 from data_pipeline.local_files import load_tokenizer
 from data_pipeline.prompts import render
 from data_pipeline.schema import DataInputError, Sample, SampleError
@@ -147,19 +147,14 @@ class ExampleTransform:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def _load(self, sample: Sample, ref, k: int):
-        from PIL import Image
-        field = f"images[{k}]"
         try:
             if ref.data is not None:
-                im = Image.open(io.BytesIO(ref.data))
-            else:
-                root = self.image_root or ""
-                im = Image.open(os.path.join(root, ref.path))
-            im.load()
-            return im
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise SampleError("bad_image", f"cannot load image: {e}", file=ref.path,
-                              record=sample.id, field=field) from e
+                return open_image(ref.data, what="the embedded image")
+            return open_image(os.path.join(self.image_root or "", ref.path),
+                              what=f"image {ref.path}")
+        except ImageProblem as e:  # unreadable, or a decompression bomb
+            raise SampleError("bad_image", f"cannot load image ({e.reason}): {e}",
+                              file=ref.path, record=sample.id, field=f"images[{k}]") from e
 
     def _videos(self, sample: Sample, refs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The sample's videos preprocessed, each problem naming its file and `videos[k]`."""

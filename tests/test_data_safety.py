@@ -140,6 +140,33 @@ def test_skip_mode_with_no_usable_record_stops_instead_of_spinning(tmp_path, tok
     assert quarantine_summary(q)["bad_text"] >= 4  # (grain reads ahead of the filter)
 
 
+@pytest.mark.parametrize("cap", [
+    1000,  # 40x56 = 2240 pixels, above twice the cap: PIL raises DecompressionBombError
+    pytest.param(1500, marks=pytest.mark.filterwarnings(  # above the cap: PIL's warning, made
+        "error::PIL.Image.DecompressionBombWarning")),  # an error by a warnings filter
+])
+def test_loader_quarantines_a_decompression_bomb(tmp_path, tok_dir, monkeypatch, cap):
+    """An image over PIL's pixel limit is a quarantined bad_image naming record and field;
+    the warning made an error by a filter used to escape the loader as a traceback."""
+    import io
+
+    from data_pipeline.schema import ImageRef
+    buf = io.BytesIO()
+    Image.new("RGB", (56, 40), "red").save(buf, "PNG")
+    samples = [Sample(id=f"s{i}", source="t", task=Task.PROMPT_HARMFULNESS, user_text="q",
+                      images=(ImageRef(data=buf.getvalue()),) if i == 1 else (),
+                      prompt_label=Label.UNHARMFUL, target=TARGET) for i in range(3)]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", cap)
+    q = str(tmp_path / "q.jsonl")
+    cfg = LoaderConfig(recipe="guardreasoner_vl", buckets=(512,), batch_size=1, shuffle=False,
+                       on_error="skip", quarantine_path=q)
+    ids = [str(b["ids"][0]) for b in make_loader(samples, cfg, tokenizer_dir=tok_dir)]
+    assert ids == ["s0", "s2"] and quarantine_summary(q) == {"bad_image": 1}
+    (line,) = [json.loads(x) for x in open(q + ".shard0")]
+    assert (line["record"], line["field"]) == ("s1", "images[0]")
+    assert "image_too_large" in line["message"]
+
+
 # ---- item 10: --overwrite swaps the finished build in --------------------------------------
 
 def _leftovers(parent: Path):

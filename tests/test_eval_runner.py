@@ -203,3 +203,39 @@ def test_gold_categories_from_samples():
     assert known.gold_category == "C8S2"
     level = _prediction(sample(None, policy_level="L3"), {**spec, "group": "policy_level"}, "x")
     assert level.group == "L3" and level.gold_category is None
+
+
+@pytest.mark.parametrize("cap", [
+    1000,  # 40x56 = 2240 pixels, above twice the cap: PIL raises DecompressionBombError
+    pytest.param(1500, marks=pytest.mark.filterwarnings(  # above the cap: PIL's warning, made
+        "error::PIL.Image.DecompressionBombWarning")),  # an error by a warnings filter
+])
+def test_decompression_bomb_is_a_quarantined_record(data, tmp_path, monkeypatch, cap):
+    """A benchmark image over PIL's pixel limit is a bad record naming file, record and field
+    (quarantined with on_error=skip), like any unreadable image; it used to escape as PIL's
+    own exception with a traceback."""
+    from data_pipeline.schema import SampleError
+    root, tok_dir, tok = data
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(raw / "big.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(raw / "small.png")
+    with open(raw / "b.jsonl", "w") as f:
+        for sid, name in (("big0", "big.png"), ("small0", "small.png")):
+            f.write(json.dumps({"id": sid, "prompt": "what is this", "images": [name],
+                                "label": "harmful"}) + "\n")
+    build_dataset("generic_jsonl", raw / "b.jsonl", tmp_path / "Bombs", split="test",
+                  progress=False, echo=False)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", cap)
+    run = _config(root, tok_dir, on_error="skip")
+    run.eval.benchmarks = (dict(name="Bombs", path=str(tmp_path / "Bombs")),)
+    (report,) = evaluate_config(run, generate_fn=ScriptedModel(), out_dir=tmp_path / "out",
+                                tokenizer=tok, progress=False)
+    assert report.skipped == {"bad_image": 1} and report.benchmarks[0].n_records == 1
+    (q,) = [json.loads(x) for x in open(tmp_path / "out" / "quarantine.jsonl")]
+    assert (q["file"], q["record"], q["field"]) == (str(tmp_path / "Bombs"), "big0", "images[0]")
+    assert "image_too_large" in q["message"] and str(raw / "big.png") in q["message"]
+    run.eval.on_error = "fail"
+    with pytest.raises(SampleError, match=r"record big0, field 'images\[0\]': cannot load image "
+                       r"\(image_too_large\)"):
+        evaluate_config(run, generate_fn=ScriptedModel(), tokenizer=tok, progress=False)

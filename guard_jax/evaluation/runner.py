@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import io
 import itertools
 import json
 import os
@@ -285,11 +284,11 @@ def check_inputs(run, **kw) -> None:
 
 # ---- samples -> examples -------------------------------------------------------------------
 def _open_image(ref, root: str | None):
-    from PIL import Image
-    im = Image.open(io.BytesIO(ref.data) if ref.data is not None
-                    else os.path.join(root or "", ref.path))
-    im.load()
-    return im
+    from data_pipeline.image_validation import open_image
+    if ref.data is not None:
+        return open_image(ref.data, what="the embedded image")
+    path = os.path.join(root or "", ref.path)
+    return open_image(path, what=f"image {path}")
 
 
 def _gold(sample, task: str) -> int | None:
@@ -337,6 +336,7 @@ def prepare_example(sample, spec: dict, *, recipe: str, options: dict, tokenizer
     """Renders the recipe's prompt with no assistant turn, loads and preprocesses the images and
     videos and tokenizes. Bad input raises SampleError naming the sample and field."""
     from data_pipeline.image_processing import preprocess_images
+    from data_pipeline.image_validation import ImageProblem
     from data_pipeline.prompts import render
     from data_pipeline.schema import SampleError
     from data_pipeline.tokenize import tokenize_rendered
@@ -354,8 +354,9 @@ def prepare_example(sample, spec: dict, *, recipe: str, options: dict, tokenizer
     for k, ref in enumerate(rendered.images):
         try:
             images.append(_open_image(ref, image_root))
-        except (OSError, ValueError) as e:  # PIL's decompression-bomb error is a ValueError
-            raise fail("bad_image", f"cannot load image: {e}", f"images[{k}]") from e
+        except ImageProblem as e:  # unreadable, or a decompression bomb (docs/evaluation.md)
+            raise fail("bad_image", f"cannot load image ({e.reason}): {e}",
+                       f"images[{k}]") from e
     pvv, vgrid, seconds = _videos(rendered.videos, image_root, run.data, fail)
     try:
         pv, grid = preprocess_images(images, min_pixels=run.data.min_pixels,
