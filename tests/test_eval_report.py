@@ -93,3 +93,33 @@ def test_release_rule_labels_doubled_and_dropped(saved, tmp_path):
     clean = _report(NAMES[:2], "clean")
     assert "Counted twice" not in markdown(clean) and "guardreasoner-release" not in markdown(
         clean).split("\n")[4]
+
+
+def test_video_benchmarks_have_their_columns_and_average(saved, tmp_path):
+    """Benchmarks of modality video: their own F1 columns, Avg (Video), a row each in the
+    details; the config and --modality accept the word. They used to be left out of the F1
+    table altogether (no column, no average) and refused as a modality."""
+    from guard_jax.eval_cli import _modalities
+    from guard_jax.evaluation.report import write_report
+    from guard_jax.evaluation.runner import check_eval_config, eval_base_config
+    preds = [Prediction(f"line {i}", gold, raw) for i, (gold, raw) in enumerate(ROWS, 1)]
+    modality = {"ToxicChat": None, "HarmBenchPrompt": None, "HarmVideo": "video",
+                "SafeWatch": "video"}
+    report = EvalReport(task="prompt", recipe="guardreasoner", rule="clean", model="m",
+                        benchmarks=[score_benchmark(n, preds, recipe="guardreasoner",
+                                                    task="prompt", modality=m)
+                                    for n, m in modality.items()])
+    averages = report.averages()
+    assert averages["video"]["benchmarks"] == ["HarmVideo", "SafeWatch"]
+    table = markdown(report).splitlines()
+    assert table[2] == ("| Model | ToxicChat | HarmBenchPrompt | Avg (Text) | HarmVideo | "
+                        "SafeWatch | Avg (Video) | Avg (All) |")
+    assert any(line.startswith("| HarmVideo | video | 5 |") for line in table)
+    write_report(report, tmp_path)
+    labels = [t.get_text() for t in saved[-1].axes[0].get_xticklabels()]
+    assert labels == ["ToxicChat", "HarmBenchPrompt", "HarmVideo", "SafeWatch", "Avg (Text)",
+                      "Avg (Video)", "Avg (All)"]
+    assert _modalities(["HarmVideo=video"]) == {"HarmVideo": "video"}
+    run = eval_base_config("guardreasoner_vl")
+    run.eval.benchmarks = (dict(name="HarmVideo", path="x", modality="video"),)
+    check_eval_config(run)

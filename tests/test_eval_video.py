@@ -130,6 +130,8 @@ def test_bad_and_missing_videos_are_named(task, tmp_path):
     (report,) = evaluate_config(run, generate_fn=lambda b: ["Request: harmful"] * len(b.valid),
                                 out_dir=out, tokenizer=tok, progress=False)
     assert report.skipped == {"unreadable_video": 1}
+    # a benchmark the suites do not name, with videos: the report's video row (was "?")
+    assert report.benchmarks[0].modality == "video"
     (line,) = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
     assert (line["record"], line["field"], line["reason"]) == ("gone", "videos[0]",
                                                                "unreadable_video")

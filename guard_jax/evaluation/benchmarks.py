@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-MODALITIES = ("text", "image", "text-image")
+MODALITIES = ("text", "image", "text-image", "video")  # video: any benchmark with videos
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     name: str
-    modality: str  # text | image | text-image
+    modality: str  # one of MODALITIES
     samples: int | None = None  # the published count (None: not published)
 
 

@@ -21,7 +21,7 @@ from guard_jax.evaluation.scoring import EvalReport
 TASK_TITLES = {"prompt": "prompt harmfulness", "response": "response harmfulness",
                "refusal": "refusal"}
 _AVG_TITLE = {"text": "Avg (Text)", "image": "Avg (Image)", "text-image": "Avg (Text-Image)",
-              "all": "Avg (All)"}
+              "video": "Avg (Video)", "all": "Avg (All)"}
 
 
 def _pct(x) -> str:
@@ -34,8 +34,9 @@ def _columns(report: EvalReport) -> list[tuple[str, str]]:
     by_name = {b.name: b for b in report.benchmarks}
     averages = report.averages()
     cols = []
-    for m in (*bm.MODALITIES, None):
-        names = [n for n in order if by_name[n].modality == m]
+    for m in (*bm.MODALITIES, None):  # None: no modality, or one the suites do not name
+        names = [n for n in order if by_name[n].modality == m
+                 or (m is None and by_name[n].modality not in bm.MODALITIES)]
         cols += [("bench", n) for n in names]
         # a modality average is worth a column when it differs from a column already shown
         if m is not None and len(names) > 1 and m in averages and len(averages) > 2:
@@ -226,7 +227,7 @@ def plot_f1_bars(report: EvalReport, path) -> Path:
     from matplotlib.figure import Figure
 
     colors = {"text": "tab:blue", "image": "tab:orange", "text-image": "tab:green",
-              None: "tab:gray"}
+              "video": "tab:purple", None: "tab:gray"}
     bs = _ordered(report)
     release = report.rule == "guardreasoner-release"
     labels = [f"{b.name}\n{b.n_doubled} doubled, {b.n_dropped} dropped" if release else b.name

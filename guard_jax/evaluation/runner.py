@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from guard_jax.errors import InputError
-from guard_jax.evaluation.benchmarks import MODALITIES
+from guard_jax.evaluation.benchmarks import MODALITIES, modality_of
 from guard_jax.evaluation.parsers import CLASSIFIER_RECIPES, canonical_task
 from guard_jax.evaluation.scoring import GROUP_METRICS, RULES, EvalReport, Prediction, \
     score_benchmark
@@ -437,6 +437,15 @@ def _write_outputs(path: Path, examples, preds) -> None:
                                ensure_ascii=False) + "\n")
 
 
+def _modality(spec: dict, examples) -> str | None:
+    """The benchmark's modality: the config's, else the published suites', else "video" when
+    its samples carry videos (None otherwise: the report shows "?")."""
+    named = spec.get("modality") or modality_of(spec["name"])
+    if named or not any(len(e.video_grid_thw) for e in examples):
+        return named
+    return "video"
+
+
 def run_benchmarks(run, generate_fn: GenerateFn, *, tokenizer, out_dir=None, name: str = "ours",
                    progress: bool = True, is_writer: bool = True) -> list[EvalReport]:
     """Every benchmark of `run.eval` through `generate_fn`; one report per task."""
@@ -477,7 +486,7 @@ def run_benchmarks(run, generate_fn: GenerateFn, *, tokenizer, out_dir=None, nam
                            preds)
         results.setdefault(spec["task"], []).append(score_benchmark(
             spec["name"], preds, recipe=recipe, task=spec["task"], rule=ev.rule,
-            modality=spec.get("modality"), group_metric=spec.get("group_metric"),
+            modality=_modality(spec, examples), group_metric=spec.get("group_metric"),
             source=spec["path"]))
     reports = [EvalReport(task=t, recipe=recipe, rule=ev.rule, model=name, benchmarks=bs,
                           skipped=dict(skipped.get(t, {}))) for t, bs in results.items()]
