@@ -12,6 +12,7 @@ span several blocks.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -19,10 +20,12 @@ from flax import nnx
 from guard_jax.models.qwen2_5_vl import init_model
 from guard_jax.models.qwen2_5_vl.config import tiny
 from guard_jax.sampling import engines
-from guard_jax.sampling.continuous import ContinuousEngine, prefill_prompts
-from guard_jax.sampling.paged_attention import paged_attention
+from guard_jax.sampling.continuous import (
+    ContinuousEngine, own_pages, pool_sizes, prefill_prompts, resolve_kernel)
+from guard_jax.sampling.paged_attention import kernel_for, paged_attention
 from guard_jax.sampling.sampler import SampleOutput, Sampler, SamplingParams
-from guard_jax.sharding import SAMPLE_RULES, batch_shardings, make_mesh, put_batch
+from guard_jax.sharding import (
+    SAMPLE_RULES, batch_shardings, make_mesh, param_shardings, put_batch)
 from hf_reference import image_tokens, left_pad, random_image_inputs
 from test_generate import GRIDS, assert_frequencies
 from test_grpo import _metrics, _params, _run_config, _train, task  # noqa: F401 (a fixture)
@@ -124,25 +127,70 @@ def test_target_lengths_end_rows_and_size_the_reads(model):
     keep = out.completion_mask
     np.testing.assert_array_equal(out.tokens[keep], free.tokens[keep])
     assert (out.tokens[~keep] == c.generation_pad_id).all()
-    # 22 decode steps of work (targets - 1) for 3 slots: 8 iterations, the longest row's 7
-    assert int(out.steps) == 8
+    # 21 decode steps of work (targets - 1) for 3 slots (odd: the pool never halves): 8
+    # iterations, the longest row's 7 and one behind it
+    assert int(out.steps) == 8 and eng.row_steps() == 3 * 8
     t = c.text
     token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 4
-    # 4 prompts of 12 slots (11 tokens padded to the block) + 3 slots x 8 completion slots
-    assert eng.kv_cache_bytes(4, 11, num_samples=2) == token * (4 * 12 + 3 * 8)
+    # 4 prompts of 3 pages (11 tokens) + 3 slots x own_pages(8, 4) = 3 pages, of 4 keys
+    assert own_pages(N, PAGE) == 3
+    assert eng.kv_cache_bytes(4, 11, num_samples=2) == token * PAGE * (4 * 3 + 3 * 3)
+    # a step reads every slot's blocks up to the longest row's keys: prompt 0's 11 + 1 at the
+    # first step (3 blocks), 11 + 7 at the last (5 blocks)
     read = eng.kv_bytes_read_per_step()
-    assert token * 3 * (12 + BLOCK) <= read <= token * 3 * (12 + 8), read
+    assert token * 3 * 12 < read < token * 3 * 20, read
 
 
-def test_prompt_cache_is_not_tiled(model):
-    """The prefill keeps one copy of each prompt's keys and values, padded to the block."""
+def schedule(work, slots, halvings):
+    """A host model of the decode pool: rows (decode steps each, in queue order) through
+    `slots`, the pool halving while the rows left fit in half -> (steps, slot-steps)."""
+    sizes = pool_sizes(slots, halvings)
+    queue, live, steps, slot_steps, size = [w for w in work if w > 0], [], 0, 0, 0
+    for size, smaller in zip(sizes, sizes[1:] + [0]):
+        while len(live) + len(queue) > smaller:
+            while len(live) < size and queue:
+                live.append(queue.pop(0))
+            steps, slot_steps = steps + 1, slot_steps + size
+            live = [w - 1 for w in live if w > 1]
+    return steps, slot_steps
+
+
+def test_pool_halves_as_rows_run_out(model):
+    """4 prompts x G 4 through 8 slots with one long row per prompt: the pool halves to 4, 2
+    and 1 slots as the rows run out (the slot-steps of a host model of the schedule), and the
+    output equals that of a pool that never halves."""
+    c = model.config
+    inputs = text_inputs(c)
+    params = SamplingParams(N, (255,), c.generation_pad_id, num_samples=4)
+    graphdef, state = nnx.split(model)
+    batch = jax.device_put(model.prepare_inputs(**inputs))
+    targets = np.asarray([8, 2, 1, 3] * 2 + [2, 8, 2, 2] * 2, np.int32)
+    assert pool_sizes(8, 3) == [8, 4, 2, 1] and pool_sizes(12, 3, shards=4) == [12]
+    outs = {}
+    for halvings in (0, 3):
+        eng = ContinuousEngine(graphdef, params, slots=8, page=PAGE, halvings=halvings)
+        out = SampleOutput(*(np.asarray(a) for a in eng(state, batch, jax.random.key(0),
+                                                         target_lengths=targets)))
+        outs[halvings] = out
+        steps, slot_steps = schedule((targets - 1).tolist(), 8, halvings)
+        assert (int(out.steps), eng.row_steps()) == (steps, slot_steps), halvings
+    assert_same(outs[3], outs[0])
+    fixed, halved = (schedule((targets - 1).tolist(), 8, h)[1] for h in (0, 3))
+    assert halved < fixed * 0.8, (halved, fixed)
+
+
+def test_prompt_pages_are_not_tiled(model):
+    """The prefill keeps one copy of each prompt's keys and values, padding removed, in pages."""
     c = model.config
     host = model.prepare_inputs(**text_inputs(c))
     params = SamplingParams(N, (1,), c.generation_pad_id, num_samples=8)
-    cache, logits = jax.eval_shape(lambda b: prefill_prompts(model, b, params, BLOCK), host)
+    prompts, logits = jax.eval_shape(lambda b: prefill_prompts(model, b, params, PAGE), host)
     t = c.text
-    assert cache.k.shape == (t.num_hidden_layers, 4, 12, t.num_key_value_heads, t.head_dim)
-    assert cache.mask.shape == (4, 12) and logits.shape == (4, t.vocab_size)
+    assert prompts.k.shape == (t.num_hidden_layers, t.num_key_value_heads, 4 * 3, PAGE,
+                               t.head_dim)
+    assert prompts.length.shape == (4,) and logits.shape == (4, t.vocab_size)
+    got = prefill_prompts(model, jax.device_put(host), params, PAGE)[0]
+    np.testing.assert_array_equal(np.asarray(got.length), [11, 6, 9, 3])
 
 
 def test_registered_by_name(model):
@@ -154,30 +202,61 @@ def test_registered_by_name(model):
 
 
 # ---------------------------------------------------------------------------- live prefix
-def test_attention_reads_only_live_blocks():
-    """Completion blocks past the longest fill hold NaN: an engine that read (and masked) them
-    would return NaN. Inside the live blocks the result equals a dense softmax over the
-    prompt's real keys and the first `fill` completion keys."""
+@pytest.mark.parametrize("kernel", ["xla", "pallas_interpret"])
+def test_paged_attention_reads_only_live_blocks(kernel):
+    """Pages past the live blocks (the longest slot's length, rounded up to a block) hold NaN:
+    a kernel that read them would return NaN. Inside, keys past a slot's length hold large
+    values that would dominate an unmasked softmax. Through a shuffled page table the result
+    equals a dense softmax over each slot's first `length` keys; an idle slot (length 0) is
+    never read. The Pallas kernel (TPU interpret mode) reads keys and values in bfloat16, so
+    they are bfloat16 values here."""
     rng = np.random.default_rng(0)
-    layers, p, lp, s, nc, kvh, g, d = 2, 2, 8, 3, 12, 2, 2, 8
-    pk, pv = (rng.standard_normal((layers, p, lp, kvh, d)).astype(np.float32) for _ in "kv")
-    ck, cv = (rng.standard_normal((layers, s, nc, kvh, d)).astype(np.float32) for _ in "kv")
-    fill = np.asarray([3, 5, 0], np.int32)  # the longest is 5: blocks 0 and 1 of 4 keys
-    ck[:, :, 8:], cv[:, :, 8:] = np.nan, np.nan
-    pmask = np.ones((p, lp), bool)
-    pmask[0, :3] = pmask[1, 6:] = False
-    prompt_of = np.asarray([1, 0, 1], np.int32)
+    s, kvh, g, d, page, width = 3, 2, 2, 8, 4, 4
+    pages = s * width + 2
+    k, v = (rng.standard_normal((kvh, pages, page, d)).astype(jnp.bfloat16).astype(np.float32)
+            for _ in "kv")
+    table = rng.permutation(pages)[:s * width].reshape(s, width).astype(np.int32)
+    lengths = np.asarray([3, 7, 0], np.int32)  # the longest: 2 pages = 1 block of 2 pages
+    for i, n in enumerate(lengths):
+        for j in range(width):
+            fill = 50.0 if j < 2 else np.nan
+            k[:, table[i, j], max(0, n - j * page):] = fill
+            v[:, table[i, j], max(0, n - j * page):] = fill
     q = rng.standard_normal((s, kvh * g, d)).astype(np.float32)
-    got = np.asarray(jax.jit(lambda *a: live_attention(*a, block=4))(
-        q, 1, pk, pv, pmask, prompt_of, ck, cv, fill))
-    assert np.isfinite(got).all()
-    for i in range(s):
-        keys = np.concatenate([pk[1, prompt_of[i]][pmask[prompt_of[i]]], ck[1, i, :fill[i]]])
-        vals = np.concatenate([pv[1, prompt_of[i]][pmask[prompt_of[i]]], cv[1, i, :fill[i]]])
+    got = np.asarray(jax.jit(lambda *a: paged_attention(*a, kernel=kernel, pages_per_block=2))(
+        q, k, v, lengths, table))
+    assert np.isfinite(got[:2]).all()
+    for i in range(2):
+        keys = k[:, table[i]].reshape(kvh, -1, d)[:, :lengths[i]]
+        vals = v[:, table[i]].reshape(kvh, -1, d)[:, :lengths[i]]
         for h in range(kvh * g):
-            sc = keys[:, h // g] @ q[i, h] / np.sqrt(d)
+            sc = keys[h // g] @ q[i, h] / np.sqrt(d)
             w = np.exp(sc - sc.max())
-            np.testing.assert_allclose(got[i, h], (w / w.sum()) @ vals[:, h // g], atol=1e-5)
+            np.testing.assert_allclose(got[i, h], (w / w.sum()) @ vals[h // g], atol=1e-5)
+
+
+def test_pallas_kernel_rollout_equals_static(model):
+    """Decoding through the Pallas paged-attention kernel (TPU interpret mode): with a bfloat16
+    cache (what the kernel reads) greedy rows equal the static engine's on the same model and
+    cache dtype. `auto` picks the kernel where the model's attention is the Pallas one."""
+    c = model.config
+    assert kernel_for("splash_interpret", 128, 64) == "pallas_interpret"
+    assert kernel_for("splash", 128, 64) == "pallas"
+    assert kernel_for("splash", 16, 64) == "xla"  # Mosaic tiles head_dim by 128
+    assert kernel_for("splash", 128, 8) == "xla"  # and a page by 16 (bfloat16)
+    assert kernel_for("xla", 128, 64) == "xla"
+    assert resolve_kernel("auto", model, PAGE) == "xla"
+    with pytest.raises(ValueError, match="Pallas decode kernel cannot run this model: head_dim "
+                       "16 is not a multiple of 128"):
+        resolve_kernel("pallas", model, 16)
+    inputs = text_inputs(c, lengths=(7, 3))
+    params = SamplingParams(2, (255,), c.generation_pad_id, num_samples=2,
+                            cache_dtype="bfloat16")
+    want = run(Sampler, model, inputs, params)
+    got = run(ContinuousEngine, model, inputs, params, slots=2, page=PAGE, halvings=0,
+              kernel="pallas_interpret")
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -261,7 +340,7 @@ def test_grpo_step_with_continuous_equals_static(task, tmp_path):  # noqa: F811
 def test_grpo_engine_knobs_are_checked(task):  # noqa: F811
     from guard_jax.errors import InputError
     with pytest.raises(InputError, match=r"grpo.rollout_engine='paged'; choose one of \('static', "
-                       "'continuous'\)"):
+                       r"'continuous'\)"):
         _run_config(task, **{"grpo.rollout_engine": "paged"})
     with pytest.raises(InputError, match="grpo.rollout_slots=4 must be >= 0, and 0 with "
                        "rollout_engine='static'"):
@@ -284,3 +363,45 @@ def test_grpo_rollout_compiles_for_tpu():
     r = {x.name: x for x in results}
     assert set(r) == {"rollout continuous", "old/ref log-probs", "grpo update step"}
     assert r["rollout continuous"].peak > 0 and r["rollout continuous"].flops > 0
+
+
+def test_pallas_decode_kernel_compiles_for_tpu():
+    """The engine with the Pallas paged-attention kernel compiles for a v5p 2x2x1 topology
+    (4 devices: data 2 x tensor 2) with the TPU compiler on this CPU host: a model whose
+    head_dim (128) and pages (64 keys) tile for Mosaic, bfloat16, 2 prompts x G 4 through 4
+    slots. The kernel (a Mosaic custom call) runs under shard_map: slots over data, KV heads
+    over tensor."""
+    import dataclasses
+
+    from guard_jax import aot
+    from guard_jax.models.qwen2_5_vl import abstract_model
+
+    t = tiny().text
+    c = tiny().replace(text=dataclasses.replace(t, hidden_size=256, num_attention_heads=2,
+                                                num_key_value_heads=2, intermediate_size=256,
+                                                mrope_section=(16, 24, 24)),
+                       vision=dataclasses.replace(tiny().vision, out_hidden_size=256),
+                       attention_impl="auto", dtype="bfloat16", param_dtype="bfloat16")
+    assert c.text.head_dim == 128
+    devices = aot.tpu_devices(aot.parse_tpu_target("v5p-8"))
+    mesh = make_mesh({"data": len(devices) // 2, "fsdp": 1, "tensor": 2}, devices=devices)
+    graphdef, params = nnx.split(abstract_model(c), nnx.Param)
+    engine = ContinuousEngine(graphdef, SamplingParams(64, (1,), 0, num_samples=4), mesh=mesh,
+                              slots=4)
+    fields = {"input_ids": jax.ShapeDtypeStruct((2, 128), np.int32),
+              "attention_mask": jax.ShapeDtypeStruct((2, 128), np.int32),
+              "position_ids": jax.ShapeDtypeStruct((3, 2, 128), np.int32)}
+    params = aot._abstract(params, param_shardings(params, mesh, SAMPLE_RULES))
+    batch = aot._batch(fields, mesh, SAMPLE_RULES)
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    lowered = engine.functions(params, batch).lower(
+        params, batch, jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated),
+        jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated))
+    assert "tpu_custom_call" in lowered.as_text()
+    cache = jax.config.jax_enable_compilation_cache  # a TPU executable cannot be cached here
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        assert lowered.compile().memory_analysis() is not None
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)

@@ -178,8 +178,9 @@ def engine_metrics(c, engine, out, args, targets, *, forced: bool, static: bool,
                    weights: int) -> dict:
     """Utilisation and cache figures of one engine's output (docs/sampling.md#measuring-a-
     rollout). Useful tokens: the targets' sum for a static-batching engine (which runs every
-    row to the longest), else the rows' lengths. Row-steps = decode rows (`pool_size(rows)`
-    where the engine has a pool) x decode steps + one prefill-chosen first token per row.
+    row to the longest), else the rows' lengths. Row-steps = the decode rows summed over the
+    decode steps (the engine's `row_steps()` where its pool shrinks, else rows x steps) + one
+    prefill-chosen first token per row.
     The cache figures come from the engine's
     `kv_cache_bytes(prompts, prompt_len, num_samples=G)` and `kv_bytes_read_per_step(out)`
     where it has them; the static engine's are computed (a dense cache of rows x (prompt +
@@ -187,7 +188,8 @@ def engine_metrics(c, engine, out, args, targets, *, forced: bool, static: bool,
     rows, n = targets.size, args.max_new_tokens
     useful = int(targets.sum()) if static else int(np.sum(out.lengths))
     pool = engine.pool_size(rows) if hasattr(engine, "pool_size") else rows
-    row_steps = pool * int(out.steps) + rows
+    slot_steps = engine.row_steps() if hasattr(engine, "row_steps") else pool * int(out.steps)
+    row_steps = slot_steps + rows
 
     def kv(g):
         if hasattr(engine, "kv_cache_bytes"):

@@ -38,7 +38,8 @@ from guard_jax.models.qwen2_5_vl.model import (
     ACT_BLE, _attention_out_and_mlp, _cast, _project_qkv, mrope_cos_sin, rms_norm)
 from guard_jax.sampling import cache as cache_lib
 from guard_jax.sampling.distribution import choose
-from guard_jax.sampling.paged_attention import kernel_for, pad_to_block, paged_attention
+from guard_jax.sampling.paged_attention import (
+    KERNELS, kernel_fits, kernel_for, pad_to_block, paged_attention)
 from guard_jax.sampling.sampler import (
     _OUTPUT_AXES, SampleOutput, Sampler, SamplingParams, prompt_pass)
 from guard_jax.sharding import (
@@ -168,11 +169,14 @@ def _first_tokens(pick, logits, rng, g: int):
 
 
 def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int, page: int = PAGE,
-            halvings: int = HALVINGS, shards: int = 1, target_lengths=None):
+            halvings: int = HALVINGS, shards: int = 1, kernel: str = "auto",
+            target_lengths=None):
     """Prefill + continuous decode in one pure function (trace it under `jit`; on a mesh inside
     `use_rules(mesh, SAMPLE_RULES)`). `slots`: the decode pool's first size S; it halves at
     most `halvings` times, staying a multiple of `shards`. `target_lengths` [R] (optional, for
-    benchmarks): row r also ends after that many tokens. -> (SampleOutput, slot-steps (the pool
+    benchmarks): row r also ends after that many tokens. `kernel`: the decode attention
+    (paged_attention.KERNELS; auto: the Pallas kernel where the model's attention resolves to
+    the Pallas splash kernel, i.e. on a TPU, else XLA). -> (SampleOutput, slot-steps (the pool
     size summed over decode steps), slot-blocks (the blocks of `block_keys` keys the decode
     steps read per slot, summed like slot-steps))."""
     g, n = params.num_samples, params.max_new_tokens
@@ -192,7 +196,7 @@ def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int, page
     if target_lengths is not None:
         limit = jnp.clip(jnp.asarray(target_lengths, jnp.int32), 1, n)
     if n > 1:
-        kernel = kernel_for(resolve_impl(model.config.attention_impl, model.config.dtype))
+        kernel = resolve_kernel(kernel, model, page)
         init = _decode(model, prompts, init, rng, params, pick, pool_sizes(slots, halvings, shards),
                        page, limit, kernel)
     lengths = init["lengths"]
@@ -201,6 +205,19 @@ def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int, page
                         logprobs=init["logprobs"], sampling_logprobs=init["sampling_logprobs"],
                         finished=init["finished"], steps=init["step"]), \
         init["slot_steps"], init["slot_blocks"]
+
+
+def resolve_kernel(kernel: str, model, page: int) -> str:
+    """`kernel`, or for auto the Pallas kernel where the model's attention resolves to the
+    Pallas splash kernel (a TPU) and the shapes fit it, else XLA."""
+    head_dim = model.config.text.head_dim
+    if kernel == "auto":
+        return kernel_for(resolve_impl(model.config.attention_impl, model.config.dtype),
+                          head_dim, page)
+    why = None if kernel == "xla" else kernel_fits(head_dim, page)
+    if why is not None and kernel == "pallas":
+        raise ValueError(f"the Pallas decode kernel cannot run this model: {why}")
+    return kernel
 
 
 def block_pages(kernel: str, page: int) -> int:
@@ -333,10 +350,12 @@ def _shards(mesh) -> int:
 class ContinuousEngine(Sampler):
     """`engine(state, batch, rng) -> SampleOutput` as `Sampler`, through `rollout` in one jit.
     slots: the decode pool's first size (default `default_slots`); page: keys per page;
-    halvings: how often the pool may halve as the rows run out (0: a fixed pool)."""
+    halvings: how often the pool may halve as the rows run out (0: a fixed pool); kernel: the
+    decode attention (as `rollout`'s)."""
 
     def __init__(self, graphdef, params: SamplingParams, *, mesh=None, rules=SAMPLE_RULES,
-                 slots: int | None = None, page: int = PAGE, halvings: int = HALVINGS):
+                 slots: int | None = None, page: int = PAGE, halvings: int = HALVINGS,
+                 kernel: str = "auto"):
         super().__init__(graphdef, params, mesh=mesh, rules=rules)
         if slots is not None and slots < 1:
             raise ValueError(f"slots={slots}; must be >= 1")
@@ -344,7 +363,9 @@ class ContinuousEngine(Sampler):
             raise ValueError(f"page={page}; must be >= 1")
         if halvings < 0:
             raise ValueError(f"halvings={halvings}; must be >= 0")
-        self.slots, self.page, self.halvings = slots, page, halvings
+        if kernel != "auto" and kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}; choose auto or one of {KERNELS}")
+        self.slots, self.page, self.halvings, self.kernel = slots, page, halvings, kernel
 
     def pool_size(self, rows: int) -> int:
         return min(rows, self.slots) if self.slots else default_slots(rows, self.mesh)
@@ -353,7 +374,7 @@ class ContinuousEngine(Sampler):
         rows = batch["input_ids"].shape[0] * self.params.num_samples
         return rollout(nnx.merge(self.graphdef, state), batch, rng, self.params,
                        slots=self.pool_size(rows), page=self.page, halvings=self.halvings,
-                       shards=_shards(self.mesh), target_lengths=targets)
+                       shards=_shards(self.mesh), kernel=self.kernel, target_lengths=targets)
 
     def _compile(self, state, batch):
         fn = self._trace(self._rollout)
@@ -361,7 +382,7 @@ class ContinuousEngine(Sampler):
             model = nnx.merge(self.graphdef, state)
             prompts = jax.eval_shape(lambda st, b: prefill_prompts(
                 nnx.merge(self.graphdef, st), b, self.params, self.page), state, batch)[0]
-            kernel = kernel_for(resolve_impl(model.config.attention_impl, model.config.dtype))
+            kernel = resolve_kernel(self.kernel, model, self.page)
         layers, kvh, _, _, hd = prompts.k.shape
         self._token_bytes = 2 * layers * kvh * hd * prompts.k.dtype.itemsize
         self._block_keys = block_pages(kernel, self.page) * self.page

@@ -26,10 +26,22 @@ _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # the static path's masked scor
 KERNELS = ("xla", "pallas", "pallas_interpret")
 
 
-def kernel_for(attention_impl: str) -> str:
+def kernel_fits(head_dim: int, page: int) -> str | None:
+    """Why the Pallas kernel cannot take these shapes (None when it can): Mosaic tiles the
+    last two dimensions of a block by (8, 128)."""
+    if head_dim % 128:
+        return f"head_dim {head_dim} is not a multiple of 128"
+    if page % 16:
+        return f"a page of {page} keys is not a multiple of 16"
+    return None
+
+
+def kernel_for(attention_impl: str, head_dim: int, page: int) -> str:
     """The decode kernel that goes with a resolved model attention implementation: the Pallas
-    kernel where the model runs the Pallas splash kernel (a TPU), else XLA."""
-    return {"splash": "pallas", "splash_interpret": "pallas_interpret"}.get(attention_impl, "xla")
+    kernel where the model runs the Pallas splash kernel (a TPU) and the shapes fit it, else
+    XLA."""
+    pallas = {"splash": "pallas", "splash_interpret": "pallas_interpret"}.get(attention_impl)
+    return pallas if pallas and kernel_fits(head_dim, page) is None else "xla"
 
 
 def paged_attention(q, k_pages, v_pages, lengths, table, *, kernel: str = "xla",
@@ -123,4 +135,4 @@ def pad_to_block(n: int, block: int) -> int:
     return max(1, -(-n // block)) * block
 
 
-__all__ = ["paged_attention", "kernel_for", "pad_to_block", "KERNELS"]
+__all__ = ["paged_attention", "kernel_for", "kernel_fits", "pad_to_block", "KERNELS"]
