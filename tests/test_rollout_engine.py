@@ -193,6 +193,22 @@ def test_prompt_pages_are_not_tiled(model):
     np.testing.assert_array_equal(np.asarray(got.length), [11, 6, 9, 3])
 
 
+def test_generate_takes_the_engine_by_name(model):
+    """`guard_jax.generate(..., engine=...)` (eval and moderate's entry point) decodes through
+    the named engine: greedy rows equal the static engine's; an unknown name is refused."""
+    from guard_jax import generate
+    c = model.config
+    inputs = text_inputs(c)
+    kw = dict(max_new_tokens=N, eos_token_ids=(255,), num_samples=2, return_output=True)
+    want = generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"], **kw)
+    got = generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                   engine="continuous", **kw)
+    assert_same(SampleOutput(*got), SampleOutput(*want))
+    with pytest.raises(ValueError, match="unknown rollout engine 'paged'"):
+        generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                 engine="paged", **kw)
+
+
 def test_registered_by_name(model):
     graphdef = nnx.split(model)[0]
     params = SamplingParams(N, (1,), 0)

@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from guard_jax.distributed import host_array
+from guard_jax.sampling.engines import ENGINES
 from guard_jax.sampling.sampler import Sampler, SampleOutput, SamplingParams
 from guard_jax.sharding import SAMPLE_RULES
 
@@ -35,14 +36,17 @@ def check_left_padded(attention_mask) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_sampler(graphdef, params: SamplingParams, mesh, rules_items) -> Sampler:
-    return Sampler(graphdef, params, mesh=mesh, rules=dict(rules_items))
+def _cached_sampler(graphdef, params: SamplingParams, mesh, rules_items, engine: str):
+    return ENGINES[engine](graphdef, params, mesh=mesh, rules=dict(rules_items))
 
 
-def sampler_for(graphdef, params: SamplingParams, mesh=None, rules=SAMPLE_RULES) -> Sampler:
-    """The Sampler `generate` uses for this graph and these settings (its compilations are
-    kept across calls)."""
-    return _cached_sampler(graphdef, params, mesh, tuple(sorted(rules.items())))
+def sampler_for(graphdef, params: SamplingParams, mesh=None, rules=SAMPLE_RULES,
+                engine: str = "static") -> Sampler:
+    """The rollout engine (`engines.ENGINES[engine]`) `generate` uses for this graph and these
+    settings (its compilations are kept across calls)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; known: {sorted(ENGINES)}")
+    return _cached_sampler(graphdef, params, mesh, tuple(sorted(rules.items())), engine)
 
 
 def _as_key(rng, temperature: float):
@@ -60,7 +64,7 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
              pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_ids, rng=None, num_samples: int = 1, mesh=None,
-             pad_token_id: int | None = None, rules=SAMPLE_RULES,
+             pad_token_id: int | None = None, rules=SAMPLE_RULES, engine: str = "static",
              return_output: bool = False):
     """New token ids [B * num_samples, max_new_tokens] (numpy int32), padded after the EOS.
 
@@ -73,7 +77,8 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
     sample-major (rows p*G .. p*G+G-1 are prompt p's), from one prefill per prompt. rng: a
     jax key or int seed, required when temperature > 0. With a mesh the weights are placed by
     `rules` (default SAMPLE_RULES: split over `tensor` only) and the rows and the cache over
-    data x fsdp. `return_output=True` returns the whole `SampleOutput` (lengths, log-probs)
+    data x fsdp. engine: the rollout engine (docs/sampling.md#engines; `continuous` pays off
+    for many rows of uneven lengths). `return_output=True` returns the whole `SampleOutput` (lengths, log-probs)
     as numpy arrays instead of the tokens."""
     config = model.config
     mask = check_left_padded(attention_mask)
@@ -89,7 +94,7 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
                                  video_grid_thw=video_grid_thw,
                                  second_per_grid_ts=second_per_grid_ts)
     graphdef, state = nnx.split(model)
-    sampler = sampler_for(graphdef, params, mesh, rules)
+    sampler = sampler_for(graphdef, params, mesh, rules, engine)
     state = sampler.place_state(state)
     if mesh is None:
         batch = jax.device_put(batch)
