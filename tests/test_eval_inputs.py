@@ -180,3 +180,49 @@ def test_cli_errors_exit_2(data, capsys):
         2, ["guard-jax eval: --config needs --checkpoint DIR or --hf-dir DIR"])
     assert _eval(root, capsys, "--recipe", "guardreasoner_vl") == (
         2, ["guard-jax eval: give exactly one of --predictions or --config"])
+
+
+def test_unscorable_later_benchmark_stops_before_any_output(data, tmp_path):
+    """A later benchmark whose samples hold no gold label for its task (nothing to score) is
+    refused with the inputs; it used to be refused only after every earlier benchmark (and
+    itself) had been generated and written."""
+    root, tok = data
+    (tmp_path / "u.jsonl").write_text(json.dumps({"id": "u0", "prompt": "hi"}) + "\n")
+    build_dataset("generic_jsonl", tmp_path / "u.jsonl", tmp_path / "Unlabelled", split="test",
+                  progress=False, echo=False)
+    run = eval_base_config("guardreasoner_vl", preset="tiny_qwen")
+    run.eval.recipe_options = "mode='sft',use_sample_instruction=False"
+    run.eval.data_root = str(root / "data")
+    run.eval.benchmarks = (dict(name="ToxicChat", path="ToxicChat"),
+                           dict(name="Unlabelled", path=str(tmp_path / "Unlabelled")))
+    calls = []
+
+    def generate_fn(batch):
+        calls.append(batch)
+        return ["Request: harmful"] * len(batch.sample_ids)
+    with pytest.raises(InputError, match=r"^1 missing or unusable input\(s\): "
+                       r"eval.benchmarks\[1\] \(Unlabelled\) path .*Unlabelled split 'test': "
+                       r"none of its 1 samples has a gold label for the prompt task"):
+        evaluate_config(run, generate_fn=generate_fn, tokenizer=load_tokenizer(tok),
+                        out_dir=tmp_path / "out", progress=False)
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_mesh_is_checked_with_the_inputs(data, capsys):
+    """The config's mesh against the devices present (8 here) and eval.batch_size against its
+    data x fsdp devices, in the one line of input problems before anything loads; a mesh that
+    does not fit used to escape as a ValueError traceback after the tokenizer loaded."""
+    root, _ = data
+    cfg = _config_file(root, "ToxicChat", "Missing")
+    rc, err = _eval(root, capsys, "--config", cfg, "--hf-dir", root / "hf",
+                    "--config.mesh.data=16", "--config.mesh.fsdp=1")
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(
+        "guard-jax eval: 2 missing or unusable input(s): config keys mesh.*: mesh data=16 "
+        "fsdp=1 tensor=1 needs 16 devices but 8 are available of this job; "
+        "eval.benchmarks[1] (Missing) path "), err[0]
+    rc, err = _eval(root, capsys, "--config", cfg, "--hf-dir", root / "hf",
+                    "--config.eval.batch_size=6")
+    assert rc == 2 and err[0].startswith(
+        "guard-jax eval: 2 missing or unusable input(s): eval.batch_size 6 is not a multiple "
+        "of the 8 data x fsdp devices the batch is split over; eval.benchmarks[1] (Missing)")

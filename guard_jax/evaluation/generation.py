@@ -56,20 +56,37 @@ def generate_outputs(model, batch, *, tokenizer, max_new_tokens: int, mesh=None)
     return decode_outputs(tokens, tokenizer, eos)
 
 
+def mesh_problems(run) -> list[str]:
+    """The config's mesh (data x fsdp x tensor) against the job's devices, and eval.batch_size
+    against its data x fsdp devices (each takes an equal share of the rows); one line each."""
+    import jax
+
+    from guard_jax.run_config import check_mesh
+    from guard_jax.sharding import MeshConfig
+    try:
+        check_mesh(run, jax.device_count(), "this job")
+    except InputError as e:
+        return [str(e)]
+    data, fsdp, _ = MeshConfig(run.mesh.data, run.mesh.fsdp, run.mesh.tensor).resolve(
+        jax.device_count())
+    if run.eval.batch_size % (data * fsdp):
+        return [f"eval.batch_size {run.eval.batch_size} is not a multiple of the "
+                f"{data * fsdp} data x fsdp devices the batch is split over"]
+    return []
+
+
 def eval_mesh(run):
-    """The config's mesh over every device of the job (None on one device). Refuses a batch
-    that data x fsdp does not divide: each of those devices takes an equal share of rows."""
+    """The config's mesh over every device of the job (None on one device); `mesh_problems`
+    raised as one InputError."""
     import jax
 
     from guard_jax.sharding import make_mesh
+    problems = mesh_problems(run)
+    if problems:
+        raise InputError("; ".join(problems))
     if jax.device_count() == 1:
         return None
-    mesh = make_mesh({"data": run.mesh.data, "fsdp": run.mesh.fsdp, "tensor": run.mesh.tensor})
-    rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    if run.eval.batch_size % rows:
-        raise InputError(f"eval.batch_size {run.eval.batch_size} is not a multiple of the "
-                         f"{rows} data x fsdp devices the batch is split over")
-    return mesh
+    return make_mesh({"data": run.mesh.data, "fsdp": run.mesh.fsdp, "tensor": run.mesh.tensor})
 
 
 # ---- a training checkpoint, restored onto the mesh -----------------------------------------

@@ -223,27 +223,35 @@ def _out_problem(out_dir) -> str | None:
 
 
 def _benchmark_problems(spec: dict, where: str, *, limit: int, on_error: str) -> list[str]:
-    """The dataset and split, and for a dataset that stores image paths, its image root and
-    (with on_error=fail, where one would stop the run) every image and video file of the
-    samples run."""
+    """The dataset and split; that the samples run hold one gold label for the benchmark's task
+    at least (else nothing could be scored); and for a dataset that stores image paths, its
+    image root and (with on_error=fail, where one would stop the run) every image and video
+    file of the samples run."""
     from data_pipeline.build import open_source
     try:
         source = open_source(spec["path"], spec["split"])
     except (OSError, ValueError, KeyError) as e:  # no dataset there; an unknown split
         return [f"{where} path {spec['path']} split {spec['split']!r}: {e}"]
-    if source.metadata.get("images") != "paths":
-        return []
+    by_path = source.metadata.get("images") == "paths"
     root = Path(source.image_root or "")
     samples = source if not limit else itertools.islice(source, limit)
     refs = {"image": [], "video": []}
+    n = labelled = 0
     for sample in samples:
+        n += 1
+        labelled += _gold(sample, spec["task"]) is not None
+        if not by_path and labelled:
+            break  # nothing else to look at
         refs["image"] += [im.path for im in sample.images if im.data is None]
         refs["video"] += [v.path for v in sample.videos if v.data is None]
+    out = []
+    if not labelled:
+        out.append(f"{where} path {spec['path']} split {spec['split']!r}: none of its {n} "
+                   f"samples has a gold label for the {spec['task']} task; nothing to score")
     if any(refs.values()) and not root.is_dir():
         stored = " and ".join(f"{len(r)} {kind}s" for kind, r in refs.items() if r)
-        return [f"{where}: image root {root} (from the dataset's metadata) does not exist; "
-                f"{stored} are stored relative to it"]
-    out = []
+        return out + [f"{where}: image root {root} (from the dataset's metadata) does not "
+                      f"exist; {stored} are stored relative to it"]
     for kind, paths in refs.items():
         missing = [r for r in paths if not (root / r).is_file()]
         if missing and on_error == "fail":
@@ -256,7 +264,10 @@ def input_problems(run, *, checkpoint=None, hf_dir=None, step=None, out_dir=None
                    model: bool = True, tokenizer: bool = True) -> list[str]:
     """Every missing or unusable input of `guard-jax eval --config`, one line each. `model`
     and `tokenizer`: whether the run loads them (a given generate_fn or tokenizer is not)."""
+    from guard_jax.evaluation.generation import mesh_problems
     ev, problems = run.eval, []
+    if model:  # the mesh the model will be placed on, against this job's devices
+        problems += mesh_problems(run)
     for i, spec in enumerate(benchmark_specs(run)):
         problems += _benchmark_problems(spec, f"eval.benchmarks[{i}] ({spec['name']})",
                                         limit=ev.limit, on_error=ev.on_error)
