@@ -3,7 +3,8 @@
 Two levels (docs/data.md):
 
 - always: every text field within `max_text_chars`, no literal `<|image_pad|>` / `<|video_pad|>`
-  in any text (the tokenizer would treat them as image slots), and every image's sides within
+  in any text (a placeholder left as text by a conversion: images must be image references;
+  the tokenizer would read it as plain text), and every image's sides within
   the aspect-ratio rule of Qwen2-VL's resize (`smart_resize`), which the loader applies;
 - with a training config (`data build --check-config`): the loader's own transform for that
   recipe, tokenizer, sequence length, image budget and pixel limits, so every refusal the

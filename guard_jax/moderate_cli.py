@@ -239,7 +239,7 @@ def prepare_inputs(args, defaults: RecipeDefaults, tokenizer, images, videos=Non
     from data_pipeline import preprocess_images
     from data_pipeline.prompts import render
     from data_pipeline.schema import SampleError
-    from data_pipeline.tokenize import tokenize_rendered
+    from data_pipeline.tokenize import TokenizeError, tokenize_rendered
     from guard_jax.evaluation.runner import parse_options
     sample = build_sample(args, args.image)
     try:
@@ -260,8 +260,12 @@ def prepare_inputs(args, defaults: RecipeDefaults, tokenizer, images, videos=Non
         pvs.append(pv)
         grids.append(np.asarray(grid, np.int64).reshape(-1, 3))
     grid = np.concatenate(grids) if grids else None
-    tok = tokenize_rendered(rendered, tokenizer, grid, add_generation_prompt=True,
-                            video_grids=None if videos is None else videos[1])
+    try:  # the texts are plain text: a literal <|im_start|> is characters (docs/moderate.md)
+        tok = tokenize_rendered(rendered, tokenizer, grid, add_generation_prompt=True,
+                                video_grids=None if videos is None else videos[1])
+    except TokenizeError as e:  # a literal <|image_pad|> or <|video_pad|> in the text
+        raise UsageError(f"the {args.recipe} prompt cannot be built from the arguments: {e}") \
+            from e
     if not images:
         return tok.input_ids[None], None, None
     return tok.input_ids[None], np.concatenate(pvs), grid
