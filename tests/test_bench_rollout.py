@@ -82,6 +82,11 @@ def test_engines_by_name():
     assert rb.engine_names(names) == ["static"]
     with pytest.raises(InputError, match="--engine nope: unknown rollout engine; known: static"):
         rb.engine_names(parse_bench(["rollout", "--engine", "static,nope"]))
+    specs = rb.engine_names(parse_bench(["rollout", "--engine", "continuous:8,continuous:32"]))
+    assert specs == ["continuous:8", "continuous:32"]
+    assert [rb.split_engine(n) for n in specs] == [("continuous", 8), ("continuous", 32)]
+    with pytest.raises(InputError, match="--engine continuous:0: the decode slots"):
+        rb.split_engine("continuous:0")
 
 
 def test_roofline_bytes_by_hand():

@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="also report the decode step against the memory-bandwidth roofline")
     a("--peak-bandwidth", type=float, default=None, metavar="GB/s",
       help="peak memory bandwidth for --roofline (default: by device kind; none for CPUs)")
-    a("--engine", action="append", metavar="NAME",
-      help="rollout engine(s) to measure, repeatable or comma-separated (default: static)")
+    a("--engine", action="append", metavar="NAME[:SLOTS]",
+      help="rollout engine(s) to measure, repeatable or comma-separated (default: static); "
+           "continuous:32 runs a first decode pool of 32 slots")
     a("--lengths", choices=("fixed", "guard"), default="fixed",
       help="fixed: every row --max-new-tokens; guard: per-row targets from a log-normal "
            "with a long tail capped at --max-new-tokens (fixed)")
@@ -91,14 +92,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_names(args) -> list[str]:
-    """The --engine names in order, checked against ENGINES (default: static)."""
+    """The --engine specs in order (default: static), each NAME or NAME:SLOTS (a decode pool
+    of SLOTS for an engine that has one), NAME checked against ENGINES."""
     from guard_jax.sampling.engines import ENGINES
     names = [n.strip() for a in (args.engine or ["static"]) for n in a.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ENGINES]
+    unknown = [n for n in names if split_engine(n)[0] not in ENGINES]
     if unknown or not names:
         raise InputError(f"--engine {','.join(unknown) or '(empty)'}: unknown rollout engine; "
                          f"known: {', '.join(ENGINES)}")
     return list(dict.fromkeys(names))
+
+
+def split_engine(spec: str) -> tuple[str, int]:
+    """'continuous:32' -> ('continuous', 32); 'static' -> ('static', 0)."""
+    name, _, slots = spec.partition(":")
+    if slots and not (slots.isdigit() and int(slots) > 0):
+        raise InputError(f"--engine {spec}: the decode slots after ':' must be a positive "
+                         "integer")
+    return name, int(slots or 0)
 
 
 def target_lengths(rows: int, max_new: int, kind: str = "fixed", median: int = 0,
@@ -161,7 +172,11 @@ def engine_call(name: str, model, inputs, args, no_eos: int, targets):
     from guard_jax.sampling.sampler import SampleOutput
 
     graphdef, state = nnx.split(model)
-    engine = make_engine(name, graphdef, sampling_params(model, args, no_eos))
+    base, slots = split_engine(name)
+    try:
+        engine = make_engine(base, graphdef, sampling_params(model, args, no_eos), slots=slots)
+    except ValueError as e:
+        raise InputError(f"--engine {name}: {e}") from e
     kw = {"target_lengths": targets} if takes_target_lengths(engine) else {}
     key = jax.random.key(0)
 
