@@ -123,11 +123,7 @@ def tpu_devices(target: TpuTarget):
     # No chip is opened: several processes may compile at once (libtpu's lock file is for
     # processes sharing real TPU chips).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    if not _host_has_tpu():
-        # libtpu's start-up reads the host's slice from these (a TPU VM's metadata sets them);
-        # without, it prints alarming but harmless errors. They do not change what it compiles.
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-        os.environ.setdefault("TPU_ACCELERATOR_TYPE", target.name)
+    quiet_libtpu(target.name)
     from jax.experimental import topologies
     grid = _chip_grid(target.chip, target.chips)
     bounds = (min(grid[0], 2), min(grid[1], 2), 1)  # hosts of up to 2x2 chips
@@ -135,6 +131,19 @@ def tpu_devices(target: TpuTarget):
         platform="tpu", topology_name=target.topology(), chip_config_name="default",
         chips_per_host_bounds=bounds, num_slices=target.slices, wrap=(False, False, False))
     return desc.devices
+
+
+def quiet_libtpu(accelerator: str = "v5p-8") -> None:
+    """On a host with libtpu installed but no TPU chips, give libtpu's start-up the slice it
+    reads from a TPU VM's metadata (the worker hostnames and accelerator type); without them it
+    prints alarming but harmless errors whenever JAX starts its backends. They change neither
+    what is compiled nor the backend JAX picks (the CPU, or a GPU). No-op elsewhere."""
+    import importlib.util
+    import os
+    if importlib.util.find_spec("libtpu") is None or _host_has_tpu():
+        return
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator)
 
 
 def _host_has_tpu() -> bool:
@@ -363,4 +372,5 @@ def compile_run(run, devices, *, phases=None) -> tuple[tuple[int, int, int], lis
 
 
 __all__ = ["Compiled", "TpuTarget", "compile_run", "libtpu_available", "parse_tpu_target",
+           "quiet_libtpu",
            "tpu_devices", "INSTALL_HINT", "PROGRAMS"]

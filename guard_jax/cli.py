@@ -33,6 +33,8 @@ def _setup_runtime() -> None:
         flags.FLAGS.mark_as_parsed()
     except ImportError:  # pragma: no cover
         pass
+    from guard_jax.aot import quiet_libtpu
+    quiet_libtpu()  # a CPU or GPU host with the TPU compiler installed (docs/tpu.md)
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             from guard_jax import distributed, pathways
             if not pathways.initialize():
                 distributed.initialize()
-        return int(importlib.import_module(args._module).main(args) or 0)
+        code = int(importlib.import_module(args._module).main(args) or 0)
     except (InputError, DataInputError) as e:  # one line, no traceback (docs/errors.md)
-        return report_input_error(args.command, e)
+        code = report_input_error(args.command, e)
+    if args.command not in HOST_ONLY:  # a multi-process job's peers learn it (docs/errors.md)
+        distributed.exiting(code)
+    return code
     # Anything else is a bug: not caught, so Python prints the traceback and exits 1 (and a
     # multi-process job's watchdog sees the uncaught error, docs/grpo-multihost.md).
 

@@ -170,3 +170,21 @@ def test_plan_on_a_host_without_tpu_prints_no_libtpu_start_up_errors():
     assert "TPU compiler: v5e 2x2 (4 devices)" in p.stdout
     for noise in ("could not determine", "INVALID_ARGUMENT", "Source Location Trace"):
         assert noise not in p.stderr, p.stderr[-2000:]
+
+
+def test_commands_on_a_host_without_tpu_print_no_libtpu_start_up_errors():
+    """Every command starts JAX's backends; with libtpu installed and no TPU chips that used to
+    print the same start-up errors (`guard-jax bench rollout` did). The CLI's runtime set-up
+    now quiets them, and JAX still picks the CPU."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    env.pop("JAX_PLATFORMS", None)
+    code = ("from guard_jax.cli import _setup_runtime; _setup_runtime(); import jax; "
+            "print(jax.default_backend())")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.split() == ["cpu"], p.stderr[-2000:]
+    for noise in ("could not determine", "INVALID_ARGUMENT", "Source Location Trace"):
+        assert noise not in p.stderr, p.stderr[-2000:]
