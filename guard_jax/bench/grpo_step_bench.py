@@ -12,7 +12,10 @@ rewards; the old-log-prob forward follows `grpo.skip_old_logprob`. TRL is an opt
 dependency (`pip install 'guard-jax[bench-trl]'`, or --trl-python naming another interpreter
 that has it); without it the bench says so and measures ours alone. Both sides generate
 exactly --new-tokens tokens (ours: an end-of-sequence id outside the vocabulary; TRL:
-min_new_tokens) and take one optimizer step per rollout batch (TRL: num_iterations 1).
+min_new_tokens), or with --lengths guard row r exactly targets[r] tokens (ours: the engine's
+target lengths, or for an engine without them the full length with the mask cut there; TRL: a
+logits processor that bans its EOS ids before the row's target and forces one there), and take
+one optimizer step per rollout batch (TRL: num_iterations 1).
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
            "'tiny_qwen' (2 layers, the real vocabulary); exported with the Qwen2.5-VL tokenizer")
     a("--prompts", type=int, default=2, help="prompts per step (2)")
     a("--generations", type=int, default=4, help="G, samples per prompt (4)")
-    a("--new-tokens", type=int, default=32, help="completion tokens, forced on both sides (32)")
+    a("--new-tokens", type=int, default=32,
+      help="completion tokens (the most with --lengths guard), forced on both sides (32)")
+    a("--lengths", choices=("fixed", "guard"), default="fixed",
+      help="fixed: every completion --new-tokens long; guard: per-row lengths from a "
+           "long-tailed log-normal (median new-tokens / 4, sigma 1, the longest at the cap, "
+           "as `bench rollout --lengths guard`), forced on both sides (fixed)")
     a("--image-size", type=int, default=224, help="side of one square image per prompt (224)")
     a("--kl-coef", type=float, default=0.0, help="KL loss coefficient (> 0: a ref pass; 0)")
     a("--skip-old-logprob", choices=("auto", "never"), default="auto",
@@ -143,6 +151,7 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
 
     from guard_jax.models.qwen2_5_vl import load_hf
     from guard_jax.run_config import base_config, model_config
+    from guard_jax.bench.rollout_bench import takes_target_lengths
     from guard_jax.sampling.engines import make_engine
     from guard_jax.sampling.sampler import SamplingParams
     from guard_jax.sharding import SAMPLE_RULES, TRAIN_RULES, batch_shardings, make_mesh, put_batch
@@ -179,6 +188,10 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
         pad_token_id=mc.generation_pad_id, temperature=1.0, num_samples=G), mesh=mesh)
     host = prompt_batch_of(mc, enc)
     skip = grpo.skips_old_logprob(run)
+    targets = spec.get("targets")
+    call_kw = {}
+    if targets is not None and takes_target_lengths(engine):
+        call_kw["target_lengths"] = jnp.asarray(targets, jnp.int32)
     rng = np.random.default_rng(0)
     records = []
     for step in range(spec["steps"] + 1):
@@ -187,8 +200,13 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
         with clock.phase("rollout"):
             sampling = engine.place_state(merge(state))
             batch = put_batch(host, batch_shardings(host, mesh, SAMPLE_RULES))
-            out = jax.block_until_ready(engine(sampling, batch, jax.random.key(step)))
+            out = jax.block_until_ready(engine(sampling, batch, jax.random.key(step),
+                                               **call_kw))
             del sampling
+            if targets is not None and not call_kw:  # ran every row to N: cut the masks
+                lengths = jnp.asarray(targets, jnp.int32)
+                out = out._replace(lengths=lengths, completion_mask=(
+                    jnp.arange(N)[None, :] < lengths[:, None]))
         prompt_batch = put_batch(host, batch_shardings(host, mesh, TRAIN_RULES))
         fwd = dict(prompt_batch, completion=out.tokens, completion_mask=out.completion_mask)
         data_old = None
@@ -280,9 +298,11 @@ def run_trl(spec: dict, clock: PhaseClock) -> dict:
         return [float(x) for x in rng.standard_normal(len(completions))]
 
     out_dir = tempfile.mkdtemp(prefix="trl_grpo_")
+    targets = spec.get("targets")
     cfg = trl.GRPOConfig(
         output_dir=out_dir, per_device_train_batch_size=P * G, num_generations=G,
-        max_completion_length=N, generation_kwargs={"min_new_tokens": N}, temperature=1.0,
+        max_completion_length=N,
+        generation_kwargs={} if targets is not None else {"min_new_tokens": N}, temperature=1.0,
         beta=spec["kl_coef"], num_iterations=1, gradient_accumulation_steps=1,
         max_steps=spec["steps"] + 1, learning_rate=1e-5, logging_steps=1, save_strategy="no",
         report_to="none", use_cpu=True, bf16=False, dataloader_num_workers=0, seed=0,
@@ -297,6 +317,8 @@ def run_trl(spec: dict, clock: PhaseClock) -> dict:
                 return fn(*a, **kw)
         return wrapped
 
+    if targets is not None:
+        force_lengths(model, targets, trainer.eos_token_ids)
     inner = {"prepare": 0.0}
     trainer._generate = timed("rollout", trainer._generate)
     trainer._calculate_rewards = timed("reward", trainer._calculate_rewards)
@@ -333,13 +355,47 @@ def run_trl(spec: dict, clock: PhaseClock) -> dict:
         # reward and the rest, "other") out of it
         clock.times["update"] -= inner["prepare"]
         rec = clock.step_record(total)
-        rec["completion_tokens"] = P * G * N
+        rec["completion_tokens"] = P * G * N if targets is None else int(sum(targets))
         records.append(rec)
         return out
     trainer.training_step = training_step
     trainer.train()
     return {"records": records, "trl_version": trl.__version__,
             "torch_version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def force_lengths(model, targets, eos_ids) -> None:
+    """Make `model.generate` end row r after exactly targets[r] tokens: a logits processor
+    bans the EOS ids before that and forces the first one there (rows in the generate batch's
+    order: prompt p's G samples at p*G ..)."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    want = torch.tensor(targets)
+    eos = torch.tensor(list(eos_ids))
+
+    class ForceLengths(LogitsProcessor):
+        def __init__(self, prompt_len):
+            self.prompt_len = prompt_len
+
+        def __call__(self, input_ids, scores):
+            done = input_ids.shape[1] - self.prompt_len  # tokens generated before this one
+            last = want.to(scores.device) == done + 1
+            scores[:, eos] = -float("inf")
+            scores[last] = -float("inf")
+            scores[last, eos[0]] = 0.0
+            return scores
+
+    generate = model.generate
+
+    def forced(*a, **kw):
+        if kw["input_ids"].shape[0] != len(targets):
+            raise ValueError(f"generate batch of {kw['input_ids'].shape[0]} rows, "
+                             f"{len(targets)} target lengths")
+        procs = LogitsProcessorList([ForceLengths(kw["input_ids"].shape[1])])
+        return generate(*a, logits_processor=procs, **kw)
+
+    model.generate = forced
 
 
 def image_text_processor(hf_dir: str):
@@ -432,15 +488,24 @@ def main(args: argparse.Namespace) -> int:
         res["trl_missing"] = TRL_MISSING.format(python=trl_python)
         print(res["trl_missing"] + "; measuring ours alone")
         sides.remove("trl")
+    targets = None
+    if args.lengths == "guard":
+        from guard_jax.bench.rollout_bench import target_lengths
+        targets = [int(t) for t in target_lengths(args.prompts * args.generations,
+                                                  args.new_tokens, "guard")]
+        res["targets"] = targets
+    forced = (f"{args.new_tokens} new tokens forced" if targets is None else
+              f"guard lengths forced (at most {args.new_tokens}, mean "
+              f"{sum(targets) / len(targets):.1f})")
     print(f"GRPO step: {args.config_size}, {args.prompts} prompts x G {args.generations}, "
-          f"{args.new_tokens} new tokens forced, one {args.image_size}px image per prompt, "
+          f"{forced}, one {args.image_size}px image per prompt, "
           f"float32, {args.steps} timed steps after a warm-up, sides: {', '.join(sides) or '-'}")
     with tempfile.TemporaryDirectory() as d:
         spec = {"hf_dir": export_model(args.config_size, d), "prompts": args.prompts,
                 "generations": args.generations, "new_tokens": args.new_tokens,
                 "image_size": args.image_size, "kl_coef": args.kl_coef,
                 "skip_old_logprob": args.skip_old_logprob, "engine": args.engine,
-                "steps": args.steps, "threads": args.threads}
+                "steps": args.steps, "threads": args.threads, "targets": targets}
         for side in sides:
             python = trl_python if side == "trl" else sys.executable
             res["sides"][side] = _spawn(side, spec, python)
