@@ -13,7 +13,9 @@ that names the coordinator and the process, never a silent hang. Once joined, a 
 thread on every process writes a heartbeat to the coordinator's key-value store and reads the
 others': a process that stops (killed, its host lost) is named by every survivor, which exits
 with PEER_LOST_EXIT_CODE after GUARD_JAX_PEER_TIMEOUT seconds (default 100) instead of
-waiting in a collective that will never complete (docs/grpo-multihost.md).
+waiting in a collective that will never complete (docs/grpo-multihost.md). A process that ends
+on its own with a non-zero exit code (2 for bad input, `guard_jax.cli` tells it through
+`exiting`) is named at once, and every survivor exits with that same code (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -29,11 +31,21 @@ import time
 import jax
 import numpy as np
 
-from guard_jax.errors import InputError
+from guard_jax.errors import EXIT_INPUT, InputError
 
 JOIN_TIMEOUT_EXIT_CODE = 75  # EX_TEMPFAIL: a peer never joined; the job may be retried
 PEER_LOST_EXIT_CODE = 75  # a peer died mid-run: the same, retrying resumes from a checkpoint
-_ALIVE, _DONE = "guard_jax/alive/", "guard_jax/done/"
+_ALIVE, _DONE, _GONE = "guard_jax/alive/", "guard_jax/done/", "guard_jax/gone/"
+_exit_code = 0  # what this process's command returned (`exiting`)
+_all_stopping = False  # an input error ended every process at once (raise_input_errors_together)
+
+
+def exiting(code: int) -> None:
+    """Records the exit code this process's command returns (`guard_jax.cli` calls it). At exit
+    the peer watchdog writes it for the other processes: a non-zero one ends each of them with
+    one line naming this process and the code, and the same exit code."""
+    global _exit_code
+    _exit_code = int(code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,21 +142,69 @@ def initialize(timeout_s: int | None = None, local_device_ids=None) -> Topology:
 def _lost(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
-    os._exit(PEER_LOST_EXIT_CODE)
+    os._exit(_exit_code or PEER_LOST_EXIT_CODE)
 
 
 def watch_peers(topo: Topology, timeout_s: float) -> threading.Event:
     """Starts the peer watchdog of a joined multi-process job (see the module docstring);
-    returns the event that stops it. A process that exits normally marks itself done first, so
-    the others do not report it."""
+    returns the event that stops it. A process that exits marks itself done first: "ok" (exit
+    0, or an input error every process met together), "exit N" (a non-zero exit code from
+    `exiting`) or "error" (an uncaught exception); the others report the last two.
+
+    Leaving on "exit N" skips JAX's shutdown (a barrier that would wait for peers that are
+    leaving too) and keeps an order, so that no process meets another's absence before it
+    has read why: the process that ended waits until every peer has marked itself done (each
+    does so on reading its mark, then leaves), and process 0, which holds the job's key-value
+    store, leaves after every other process that is leaving this way."""
     import atexit
 
     from jax._src import distributed as jax_distributed
     client = jax_distributed.global_state.client
     me, n = topo.process_id, topo.num_processes
     interval = max(0.2, min(5.0, timeout_s / 10))
-    stop = threading.Event()
+    stop, leaving = threading.Event(), threading.Event()
     who = f"guard_jax: process {me} of {n}"
+
+    def tell(key: str, value: str) -> None:
+        try:
+            client.key_value_set(f"{key}{me}", value, allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - nothing left to tell
+            pass
+
+    def wait(ready) -> None:
+        """Until `ready(done marks, gone marks)`, the store is gone or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                done, gone = dict(client.key_value_dir_get(_DONE)), \
+                    dict(client.key_value_dir_get(_GONE))
+            except Exception:  # noqa: BLE001 - nobody left to wait for
+                return
+            if ready(done, gone):
+                return
+            time.sleep(interval / 2)
+
+    def leave(code: int, *, lost: int | None = None, first_peers_done: bool = False):
+        others = [p for p in range(n) if p not in (me, lost)]
+        if first_peers_done:
+            wait(lambda done, gone: all(f"{_DONE}{p}" in done for p in others))
+        if me == 0:  # last: after the others leaving by "exit N" are gone
+            wait(lambda done, gone: all(
+                f"{_GONE}{p}" in gone or not done.get(f"{_DONE}{p}", "exit").startswith("exit")
+                for p in others))
+        else:
+            tell(_GONE, "1")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def lose(message: str, code: int = PEER_LOST_EXIT_CODE, lost: int | None = None):
+        leaving.set()
+        code = _exit_code or code
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        tell(_DONE, f"exit {code}")
+        leave(code, lost=lost)
 
     def loop():
         beats, last_ok, seen = 0, time.monotonic(), {}
@@ -165,37 +225,47 @@ def watch_peers(topo: Topology, timeout_s: float) -> threading.Event:
                           "to resume from the last checkpoint.")
                 continue
             for peer in range(n):
-                if peer == me or done.get(f"{_DONE}{peer}") == "ok":
+                state = done.get(f"{_DONE}{peer}")
+                if peer == me or state == "ok" or stop.is_set():
                     continue
-                if done.get(f"{_DONE}{peer}") == "error" and not stop.is_set():
-                    _lost(f"{who}: process {peer} stopped on an error (see its log); exiting "
-                          "instead of waiting in a collective that cannot complete.")
+                if state == "error":
+                    lose(f"{who}: process {peer} stopped on an error (see its log); exiting "
+                         "instead of waiting in a collective that cannot complete.")
+                if state and state.startswith("exit "):
+                    code = int(state.split()[1])
+                    why = "bad input; its log names it" if code == EXIT_INPUT else "see its log"
+                    lose(f"{who}: process {peer} exited with code {code} ({why}); exiting with "
+                         "the same code instead of waiting in a collective that cannot "
+                         "complete.", code)
                 value = alive.get(f"{_ALIVE}{peer}")
                 if seen.get(peer, (object(),))[0] != value:
                     seen[peer] = (value, now)
-                elif now - seen[peer][1] > timeout_s and not stop.is_set():
-                    _lost(f"{who}: lost process {peer}: no heartbeat for {timeout_s:.0f}s "
-                          "(GUARD_JAX_PEER_TIMEOUT). It died, was killed or its host is gone; "
-                          "exiting instead of waiting in a collective that cannot complete. "
-                          "Restart every process to resume from the last checkpoint.")
+                elif now - seen[peer][1] > timeout_s:
+                    lose(f"{who}: lost process {peer}: no heartbeat for {timeout_s:.0f}s "
+                         "(GUARD_JAX_PEER_TIMEOUT). It died, was killed or its host is gone; "
+                         "exiting instead of waiting in a collective that cannot complete. "
+                         "Restart every process to resume from the last checkpoint.",
+                         lost=peer)
 
     failed = []
     hook = sys.excepthook
 
     def excepthook(*exc):
+        if leaving.is_set():  # the watchdog is ending the process, which its line explains:
+            threading.Event().wait()  # the error is the collective its peers left; it waits
         failed.append(exc[0])
         hook(*exc)
 
     def finished():
         # after an error (e.g. a collective that failed because a peer died) keep watching:
         # JAX's shutdown then waits for the peers, and a dead one is still named here
-        if not failed:
+        state = "error" if failed else "ok" if not _exit_code or _all_stopping else \
+            f"exit {_exit_code}"
+        if state != "error":
             stop.set()
-        try:
-            client.key_value_set(f"{_DONE}{me}", "error" if failed else "ok",
-                                 allow_overwrite=True)
-        except Exception:  # noqa: BLE001 - nothing left to tell
-            pass
+        tell(_DONE, state)
+        if state.startswith("exit "):  # the peers read it and leave (loop, above)
+            leave(_exit_code, first_peers_done=True)
 
     sys.excepthook = excepthook
     atexit.register(finished)
@@ -283,8 +353,10 @@ def raise_input_errors_together(error: BaseException | None) -> None:
         if error is not None:
             raise error
         return
+    global _all_stopping
     messages = allgather_json(None if error is None else str(error))
     if any(m is not None for m in messages):
+        _all_stopping = True  # every process ends with this error: none reports the others
         raise SharedInputError(_shared_message(messages)) from error
 
 
