@@ -162,6 +162,8 @@ def base_config() -> ConfigDict:
         batch_size=8,  # prompts per generation call (a multiple of data x fsdp devices)
         max_prompt_len=4096,  # longer prompts are errors (or skipped with on_error=skip)
         max_new_tokens=4096,  # greedy decoding budget (GuardReasoner-VL: 4096)
+        rollout_engine="static",  # static | continuous (docs/sampling.md#engines)
+        rollout_slots=0,  # continuous: decode slots; 0 = a quarter of a batch's prompts
         limit=0,  # samples per benchmark; 0 = all
         on_error="fail",  # fail | skip (skipped samples go to OUT/quarantine.jsonl)
     ))

@@ -226,3 +226,18 @@ def test_mesh_is_checked_with_the_inputs(data, capsys):
     assert rc == 2 and err[0].startswith(
         "guard-jax eval: 2 missing or unusable input(s): eval.batch_size 6 is not a multiple "
         "of the 8 data x fsdp devices the batch is split over; eval.benchmarks[1] (Missing)")
+
+
+def test_rollout_engine_is_checked(data, capsys):
+    root, _ = data
+    cfg = _config_file(root, "ToxicChat")
+    rc, err = _eval(root, capsys, "--config", cfg, "--hf-dir", root / "hf",
+                    "--config.eval.rollout_engine=paged")
+    assert rc == 2 and err == [
+        "guard-jax eval: invalid eval config: eval.rollout_engine='paged'; choose one of "
+        "('static', 'continuous')"], err
+    rc, err = _eval(root, capsys, "--config", cfg, "--hf-dir", root / "hf",
+                    "--config.eval.rollout_slots=4")
+    assert rc == 2 and err == [
+        "guard-jax eval: invalid eval config: eval.rollout_slots=4 must be >= 0, and 0 with "
+        "rollout_engine='static' (which has no slot pool)"], err

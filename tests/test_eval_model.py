@@ -136,3 +136,22 @@ def test_batched_sharded_output_equals_moderate(run):
     alone = Moderator(hf, dtype="float32")("guardreasoner_vl", prompt=TEXT[0][0],
                                             max_new_tokens=MAX_NEW)
     assert alone["raw_output"] == first["predict"] and alone["output_tokens"] == MAX_NEW
+
+
+def test_continuous_engine_gives_the_same_outputs(run, tmp_path):
+    """`eval.rollout_engine=continuous` (4 decode slots for the batch of 8: refills) decodes
+    the same greedy outputs as the default static engine, sharded over the 8 devices."""
+    _, out, hf = run
+    data = out.parent.parent / "data"
+    config = out.parent.parent / "tiny_eval.py"
+    rc = cli_main(["eval", "--config", str(config), "--hf-dir", str(hf),
+                   "--out", str(tmp_path / "out"), "--name", "tiny-random",
+                   f"--config.eval.data_root={data}", "--config.eval.rollout_engine=continuous",
+                   "--config.eval.rollout_slots=4"])
+    assert rc == 0
+    for name in ("ToxicChat", "HarmImageTest"):
+        want = [json.loads(x)["predict"] for x in
+                (out / f"outputs/{name}.jsonl").read_text().splitlines()]
+        got = [json.loads(x)["predict"] for x in
+               (tmp_path / f"out/prompt/outputs/{name}.jsonl").read_text().splitlines()]
+        assert got == want, name

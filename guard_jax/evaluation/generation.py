@@ -42,8 +42,10 @@ def decode_outputs(tokens, tokenizer, eos_token_ids) -> list[str]:
     return out
 
 
-def generate_outputs(model, batch, *, tokenizer, max_new_tokens: int, mesh=None) -> list[str]:
-    """Greedy raw outputs for one `PromptBatch` (every row, padding rows included)."""
+def generate_outputs(model, batch, *, tokenizer, max_new_tokens: int, mesh=None,
+                     engine: str = "static", slots: int = 0) -> list[str]:
+    """Greedy raw outputs for one `PromptBatch` (every row, padding rows included), decoded by
+    the rollout engine `engine` (docs/sampling.md#engines; `slots`: its decode pool)."""
     from guard_jax import generate
     eos = model.config.generation_eos_ids
     tokens = generate(model, batch.input_ids, attention_mask=batch.attention_mask,
@@ -52,7 +54,7 @@ def generate_outputs(model, batch, *, tokenizer, max_new_tokens: int, mesh=None)
                       video_grid_thw=batch.video_grid_thw,
                       second_per_grid_ts=batch.second_per_grid_ts,
                       max_new_tokens=max_new_tokens, temperature=0.0, eos_token_ids=eos,
-                      mesh=mesh)
+                      mesh=mesh, engine=engine, slots=slots)
     return decode_outputs(tokens, tokenizer, eos)
 
 
@@ -159,8 +161,10 @@ def load_checkpoint(checkpoint, step: int, ckpt_run, *, dtype: str, compute_dtyp
 
 
 def model_generate_fn(run, model, tokenizer, mesh=None):
-    """A `GenerateFn` over `model` (greedy, `run.eval.max_new_tokens`), sharded by `mesh`."""
+    """A `GenerateFn` over `model` (greedy, `run.eval.max_new_tokens`, the engine
+    `run.eval.rollout_engine`), sharded by `mesh`."""
     def fn(batch):
         return generate_outputs(model, batch, tokenizer=tokenizer,
-                                max_new_tokens=run.eval.max_new_tokens, mesh=mesh)
+                                max_new_tokens=run.eval.max_new_tokens, mesh=mesh,
+                                engine=run.eval.rollout_engine, slots=run.eval.rollout_slots)
     return fn

@@ -151,6 +151,13 @@ def check_eval_config(run) -> None:
                     "eval.limit >= 0")
     if ev.on_error not in ("fail", "skip"):
         errs.append(f"eval.on_error={ev.on_error!r}; choose fail or skip")
+    from guard_jax.sampling.engines import ENGINES
+    if ev.rollout_engine not in ENGINES:
+        errs.append(f"eval.rollout_engine={ev.rollout_engine!r}; choose one of "
+                    f"{tuple(ENGINES)}")
+    if ev.rollout_slots and (ev.rollout_slots < 0 or ev.rollout_engine == "static"):
+        errs.append(f"eval.rollout_slots={ev.rollout_slots} must be >= 0, and 0 with "
+                    "rollout_engine='static' (which has no slot pool)")
     try:
         parse_options(ev.recipe_options)
         benchmark_specs(run)

@@ -36,17 +36,21 @@ def check_left_padded(attention_mask) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_sampler(graphdef, params: SamplingParams, mesh, rules_items, engine: str):
-    return ENGINES[engine](graphdef, params, mesh=mesh, rules=dict(rules_items))
+def _cached_sampler(graphdef, params: SamplingParams, mesh, rules_items, engine: str,
+                    slots: int):
+    pool = {"slots": slots} if slots else {}
+    return ENGINES[engine](graphdef, params, mesh=mesh, rules=dict(rules_items), **pool)
 
 
 def sampler_for(graphdef, params: SamplingParams, mesh=None, rules=SAMPLE_RULES,
-                engine: str = "static") -> Sampler:
-    """The rollout engine (`engines.ENGINES[engine]`) `generate` uses for this graph and these
-    settings (its compilations are kept across calls)."""
+                engine: str = "static", slots: int = 0) -> Sampler:
+    """The rollout engine (`engines.ENGINES[engine]`, with a decode pool of `slots` where it
+    has one; 0: its default) `generate` uses for this graph and these settings (its
+    compilations are kept across calls)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown rollout engine {engine!r}; known: {sorted(ENGINES)}")
-    return _cached_sampler(graphdef, params, mesh, tuple(sorted(rules.items())), engine)
+    return _cached_sampler(graphdef, params, mesh, tuple(sorted(rules.items())), engine,
+                           int(slots))
 
 
 def _as_key(rng, temperature: float):
@@ -65,7 +69,7 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
              max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_ids, rng=None, num_samples: int = 1, mesh=None,
              pad_token_id: int | None = None, rules=SAMPLE_RULES, engine: str = "static",
-             return_output: bool = False):
+             slots: int = 0, return_output: bool = False):
     """New token ids [B * num_samples, max_new_tokens] (numpy int32), padded after the EOS.
 
     Arguments follow transformers' `generate` for Qwen2.5-VL: input_ids [B, L] LEFT-padded
@@ -78,7 +82,8 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
     jax key or int seed, required when temperature > 0. With a mesh the weights are placed by
     `rules` (default SAMPLE_RULES: split over `tensor` only) and the rows and the cache over
     data x fsdp. engine: the rollout engine (docs/sampling.md#engines; `continuous` pays off
-    for many rows of uneven lengths). `return_output=True` returns the whole `SampleOutput` (lengths, log-probs)
+    for many rows of uneven lengths; `slots`: its decode pool, 0 = its default).
+    `return_output=True` returns the whole `SampleOutput` (lengths, log-probs)
     as numpy arrays instead of the tokens."""
     config = model.config
     mask = check_left_padded(attention_mask)
@@ -94,7 +99,7 @@ def generate(model, input_ids, *, attention_mask, pixel_values=None, image_grid_
                                  video_grid_thw=video_grid_thw,
                                  second_per_grid_ts=second_per_grid_ts)
     graphdef, state = nnx.split(model)
-    sampler = sampler_for(graphdef, params, mesh, rules, engine)
+    sampler = sampler_for(graphdef, params, mesh, rules, engine, slots)
     state = sampler.place_state(state)
     if mesh is None:
         batch = jax.device_put(batch)
