@@ -255,3 +255,26 @@ def test_bad_inputs_are_named(pair):
     with pytest.raises(ValueError, match="max_new_tokens=0.*top_p=0.0"):
         guard_jax.generate(ours, ids, attention_mask=ones, max_new_tokens=0, eos_token_ids=1,
                            top_p=0.0)
+
+
+def test_inverse_cdf_draws_across_blocks():
+    """`distribution.sample` over a vocabulary of 1,300 (blocks of 512: the last one partial):
+    20,000 draws follow the softmax, tokens at -inf (a whole block among them) are never drawn,
+    and a row whose only token of positive mass sits in the partial block always draws it."""
+    import jax
+
+    rng = np.random.default_rng(5)
+    v, n = 1300, 20000
+    base = (rng.standard_normal(v) * 3.0).astype(np.float32)
+    base[512:1024] = -np.inf          # the middle block excluded
+    base[rng.choice(512, 40, replace=False)] = -np.inf
+    only = np.full(v, -np.inf, np.float32)
+    only[1290] = 0.0
+    draws = np.asarray(jax.jit(distribution.sample)(np.stack([base] * n + [only]),
+                                                    jax.random.key(1)))
+    assert draws[-1] == 1290
+    freq = np.bincount(draws[:-1], minlength=v) / n
+    p = np.exp(base.astype(np.float64) - base.max())
+    p /= p.sum()
+    assert (freq[~np.isfinite(base)] == 0).all()
+    assert_frequencies(freq, p, n)

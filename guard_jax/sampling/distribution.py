@@ -4,6 +4,12 @@ The order of the processors is transformers' (temperature, then top-k, then top-
 their tie rules: top-p keeps the smallest set of most likely tokens whose mass reaches `top_p`
 (always at least one). All arithmetic is float32. Everything is decided by static Python
 values, so the RL hot path (temperature only) never sorts the vocabulary.
+
+A draw is an inverse-CDF draw: one uniform number per row, found in the cumulative mass of the
+row's probabilities, block by block (the block's total, then the token inside it). It samples
+the same distribution as `jax.random.categorical`'s Gumbel-max trick but draws one random
+number per row instead of one per vocabulary entry, which on a 151,936-token vocabulary was
+as costly as the LM head itself (docs/sampling.md#how-it-works).
 """
 
 from __future__ import annotations
@@ -18,6 +24,31 @@ def _nucleus(sorted_logits, top_p: float):
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     above = jnp.cumsum(probs, axis=-1) - probs
     return jnp.where(above < top_p, sorted_logits, -jnp.inf)
+
+
+BLOCK = 512  # vocabulary entries per block of the inverse-CDF search
+
+
+def sample(logits, key):
+    """One token per row of logits [R, K] (float32; -inf = excluded), drawn with probability
+    softmax(logits): a uniform u per row, then the first token whose cumulative mass exceeds
+    u times the row's total; only tokens of positive mass can be drawn."""
+    r, v = logits.shape
+    block = min(BLOCK, v)
+    nb = -(-v // block)
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    blocks = jnp.pad(p, ((0, 0), (0, nb * block - v))).reshape(r, nb, block)
+    within = jnp.cumsum(blocks, axis=-1)          # [R, nb, block]
+    across = jnp.cumsum(within[..., -1], axis=-1)  # [R, nb]: the mass up to each block's end
+    target = jax.random.uniform(key, (r,), jnp.float32) * across[:, -1]
+    b = jnp.minimum(jnp.sum(across <= target[:, None], axis=-1), nb - 1)
+    before = jnp.where(b > 0, _pick(across, jnp.maximum(b - 1, 0)), 0.0)
+    inner = jnp.take_along_axis(within, b[:, None, None], axis=1)[:, 0]  # [R, block]
+    j = jnp.sum(inner <= (target - before)[:, None], axis=-1)
+    # float rounding may run past the block's last token of positive mass: stop there
+    mass = jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0] > 0
+    last = block - 1 - jnp.argmax(mass[:, ::-1], axis=-1)
+    return (b * block + jnp.minimum(j, last)).astype(jnp.int32)
 
 
 def truncated_logits(logits, *, temperature: float, top_p: float = 1.0, top_k: int = 0):
@@ -59,11 +90,11 @@ def choose(logits, key, *, temperature: float, top_p: float = 1.0, top_k: int = 
             cand = jnp.take_along_axis(x, ids, axis=-1)
         if top_p < 1.0:
             cand = _nucleus(cand, top_p)
-        slot = jax.random.categorical(key, cand, axis=-1)
+        slot = sample(cand, key)
         token = _pick(ids, slot)
         sampling_logprob = _pick(jax.nn.log_softmax(cand, axis=-1), slot)
     else:
-        token = jax.random.categorical(key, x, axis=-1)
+        token = sample(x, key)
         sampling_logprob = None
     logprob = _pick(full, token)
     if sampling_logprob is None:
@@ -75,4 +106,4 @@ def _pick(table, index):
     return jnp.take_along_axis(table, index[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
-__all__ = ["choose", "truncated_logits"]
+__all__ = ["choose", "sample", "truncated_logits"]
