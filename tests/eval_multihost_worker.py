@@ -20,14 +20,12 @@ if __name__ == "__main__":
     os.environ["JAX_PLATFORMS"] = "cpu"
     n = int(os.environ.get("GUARD_JAX_NUM_PROCESSES") or 1)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // n}"
-    if n > 1:
-        # Only process 0 writes JAX's persistent compilation cache: with a warm cache process 1
-        # would compile alone past gloo's 30 s for a peer to reach a collective. Both compile.
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
 def main():
     spec = json.loads(sys.argv[1])
+    import processes
+    processes.cache_compiles_on_every_process()  # a later run loads on both processes
     from guard_jax import cli, distributed
     distributed.initialize(timeout_s=int(os.environ.get("GUARD_JAX_INIT_TIMEOUT", "120")))
     import jax

@@ -22,11 +22,6 @@ if __name__ == "__main__":
     os.environ["JAX_PLATFORMS"] = "cpu"
     devices = 4 if os.environ.get("GUARD_JAX_COORDINATOR") else 8
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    if devices == 4:
-        # Only process 0 writes JAX's persistent compilation cache, so with a warm cache it
-        # loads each program while process 1 compiles it; gloo gives a peer 30 s to reach a
-        # new collective, which a compile on a busy test machine can exceed. Both compile.
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "tiny_grpo.py")
 
@@ -56,6 +51,8 @@ def patch_reward(dump: str, signal_at) -> None:
 
 def main():
     spec = json.loads(sys.argv[1])
+    import processes
+    processes.cache_compiles_on_every_process()  # a later run loads on both processes
     from guard_jax import distributed
     distributed.initialize(timeout_s=int(os.environ.get("GUARD_JAX_INIT_TIMEOUT", "120")))
     import logging

@@ -6,8 +6,33 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
+
+
+def cache_compiles_on_every_process() -> None:
+    """Let every process of a job write JAX's persistent compilation cache, not only process 0.
+
+    A CPU program's cache key differs between the processes of a job (each compiles for its own
+    part of the collectives), and JAX writes entries from process 0 alone: process 1 would
+    compile every program again in each later run, while process 0 loads it, and gloo gives a
+    peer only 30 s to reach a new collective. With each process writing its own entries, a
+    later run of the same programs loads them on both. Call before the first compile."""
+    from jax._src import compilation_cache, compiler, config
+
+    def write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks):
+        # the rules of JAX's own writer (compiler._cache_write) less its process 0 check
+        least = config.persistent_cache_min_compile_time_secs.value
+        if host_callbacks or compile_time_secs < least:
+            return
+        try:
+            compilation_cache.put_executable_and_time(cache_key, module_name, executable,
+                                                      backend, int(compile_time_secs))
+        except Exception as err:  # noqa: BLE001 - a cache that cannot be written costs time only
+            warnings.warn(f"not cached: {module_name}: {err}")
+
+    compiler._cache_write = write
 
 
 def free_port() -> int:

@@ -11,12 +11,12 @@ if __name__ == "__main__":
     os.environ["JAX_PLATFORMS"] = "cpu"
     n = int(os.environ.get("GUARD_JAX_NUM_PROCESSES", "1"))
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // n}"
-    if n > 1:  # both processes compile (see grpo_multihost_worker.py)
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 
 def main():
     config, workdir, *overrides = sys.argv[1:]
+    import processes
+    processes.cache_compiles_on_every_process()  # a later run loads on both processes
     from guard_jax import distributed
     distributed.initialize(timeout_s=int(os.environ.get("GUARD_JAX_INIT_TIMEOUT", "120")))
     import logging

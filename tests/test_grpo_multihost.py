@@ -1,6 +1,8 @@
 """GRPO on several processes (docs/grpo-multihost.md): two processes with 4 fake CPU devices each,
 joined on a localhost coordinator, against one process with 8, through the real trainer
-(tests/grpo_multihost_worker.py); a SIGTERM on one process; a resume on another process count.
+(tests/grpo_multihost_worker.py); a SIGTERM on one process; a kill -9 of one process; a resume
+on another process count. The runs that a test reads are started by module fixtures, overlapped
+where one waits (the worker caches every process's compiles, so later runs load them).
 """
 
 import json
@@ -85,42 +87,65 @@ def test_two_processes_train_like_one(runs):
     assert max(float(np.abs(a[k] - first[k]).max()) for k in a) > 1e-4
 
 
-def test_sigterm_on_one_process_saves_one_step_on_all_and_resumes_on_one(task, runs):  # noqa: F811
+def _saved(work) -> list[int]:
+    return sorted(int(d) for d in os.listdir(work) if d.isdigit())
+
+
+@pytest.fixture(scope="module")
+def interrupted(task, runs):  # noqa: F811
+    """The run killed (-9) and the run preempted (SIGTERM) on 2 processes, what each left on
+    disk, and their resumes. The preempted run trains while the killed run's survivor waits
+    out its GUARD_JAX_PEER_TIMEOUT, and the two resumes run at the same time (3 processes, as
+    in `runs`; every program is in the compilation cache by now)."""
+    kill, term = runs / "killed", runs / "preempt"
+    killed = _start(task, kill, processes=2, signal_at=[7, 1, "KILL"],
+                    env={"GUARD_JAX_PEER_TIMEOUT": "20"})
+    killed_1 = _finish(killed[1:])
+    preempted = _start(task, term, processes=2, signal_at=[5, 1, "TERM"],
+                       overrides={"train.checkpoint_every": 100})
+    out = {"killed": _finish(killed[:1]) + killed_1, "killed_saved": _saved(kill)}
+    out["preempted"], out["preempted_saved"] = _finish(preempted), _saved(term)
+    if out["preempted_saved"]:
+        out["preempted_meta"] = json.load(open(term / str(out["preempted_saved"][-1]) / "meta"
+                                                / "metadata"))
+    kill_resumed = _start(task, kill, processes=2)
+    out["preempted_resumed"] = _finish(_start(task, term, processes=1))
+    out["killed_resumed"] = _finish(kill_resumed)
+    return out
+
+
+def test_sigterm_on_one_process_saves_one_step_on_all_and_resumes_on_one(runs, interrupted):
     """Process 1 alone gets SIGTERM in step 2 (4 reward calls a step here): both processes
     finish step 2, save it together and exit 0. The run then resumes on ONE process (8
     devices) from that checkpoint and ends exactly where the uninterrupted run ends."""
     root, work = runs, runs / "preempt"
-    preempt = _finish(_start(task, work, processes=2, signal_at=[5, 1, "TERM"],
-                             overrides={"train.checkpoint_every": 100}))
-    for rc, result, err in preempt:
+    for rc, result, err in interrupted["preempted"]:
         assert rc == 0 and result["step"] == 2, err[-3000:]
         assert "preempted: saved step 2, exiting" in err
-    assert sorted(int(d) for d in os.listdir(work) if d.isdigit()) == [2]
-    meta = json.load(open(work / "2" / "meta" / "metadata"))
+    assert interrupted["preempted_saved"] == [2]
+    meta = interrupted["preempted_meta"]
     assert meta["data_state"]["process_count"] == 2 and len(meta["data_state"]["shards"]) == 2
-    assert _ok(_finish(_start(task, work, processes=1)))[0]["step"] == 3
+    assert _ok(interrupted["preempted_resumed"])[0]["step"] == 3
     a, b = _params(str(root / "one"), 3), _params(str(work), 3)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
     order = {ln["step"]: ln for ln in _lines(work / "data_order.jsonl")}
     assert [order[s] for s in (1, 2, 3)] == _lines(root / "one" / "data_order.jsonl")
 
 
-def test_a_killed_process_is_named_by_the_survivor_and_the_run_resumes(task, runs):  # noqa: F811
+def test_a_killed_process_is_named_by_the_survivor_and_the_run_resumes(runs, interrupted):
     """kill -9 of process 1 in step 2 (after step 1's checkpoint, 2 to 4 reward calls a step
     here): process 0 does not wait
     forever in the collective its peer never joins; it exits 75 naming the lost process
     (GUARD_JAX_PEER_TIMEOUT seconds after the last heartbeat). Both restarted, the run resumes
     from step 1 and ends exactly where the uninterrupted run ends."""
     work = runs / "killed"
-    (rc0, _, err0), (rc1, _, _) = _finish(_start(
-        task, work, processes=2, signal_at=[7, 1, "KILL"],
-        env={"GUARD_JAX_PEER_TIMEOUT": "20"}))
+    (rc0, _, err0), (rc1, _, _) = interrupted["killed"]
     assert rc1 == -9
     assert rc0 == distributed.PEER_LOST_EXIT_CODE, err0[-3000:]
     assert "guard_jax: process 0 of 2: lost process 1: no heartbeat for 20s" in err0, err0[-3000:]
-    saved = sorted(int(d) for d in os.listdir(work) if d.isdigit())
+    saved = interrupted["killed_saved"]
     assert saved and saved[-1] < 3, saved
-    assert [r["step"] for r in _ok(_finish(_start(task, work, processes=2)))] == [3, 3]
+    assert [r["step"] for r in _ok(interrupted["killed_resumed"])] == [3, 3]
     for step in (2, 3):
         a, b = _params(str(runs / "one"), step), _params(str(work), step)
         assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6, step
