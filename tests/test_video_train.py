@@ -181,10 +181,12 @@ def test_grpo_rollouts_see_the_videos(task, tmp_path):
 def test_two_process_loader_gathers_the_video_arrays(task, tmp_path):
     """grpo.build_loader on 2 processes (one prompt each per chunk of 2) gathers the same
     batches, video arrays included, as 1 process reading them all."""
-    spec = json.dumps({"task": task, "overrides": {**VIDEO, **GRPO}, "batches": 2,
-                       "workdir": str(tmp_path)})
-    one = P.ok(P.finish(P.start(WORKER, [spec], processes=1), timeout=300))
-    two = P.ok(P.finish(P.start(WORKER, [spec], processes=2), timeout=300))
+    def spec(n):
+        (tmp_path / str(n)).mkdir()
+        return json.dumps({"task": task, "overrides": {**VIDEO, **GRPO}, "batches": 2,
+                           "workdir": str(tmp_path / str(n))})
+    runs = {n: P.start(WORKER, [spec(n)], processes=n) for n in (1, 2)}  # at once
+    one, two = (P.ok(P.finish(runs[n], timeout=300)) for n in (1, 2))
     assert two[0] == two[1] == one[0]
     shapes = one[0]["batches"][0]["shapes"]
     assert shapes["pixel_values_videos"] == [2, 32, 1176]
