@@ -98,7 +98,7 @@ def base_config() -> ConfigDict:
         top_p=1.0,
         top_k=0,  # 0 = off
         rollout_engine="static",  # static | continuous (docs/sampling.md#engines)
-        rollout_slots=0,  # continuous: decode slots; 0 = a quarter of a chunk's rollouts
+        rollout_slots=0,  # continuous: decode slots; 0 = half a chunk's rollouts
         kl_coef=0.0,  # KL loss coefficient (verl kl_loss_coef); > 0 keeps a frozen reference
         # the KL loss estimator: kl/k1 | abs | mse/k2 | low_var_kl/k3, each also NAME+
         # (straight through: NAME's value, k2's gradient); training/rl/kl.py
@@ -163,7 +163,7 @@ def base_config() -> ConfigDict:
         max_prompt_len=4096,  # longer prompts are errors (or skipped with on_error=skip)
         max_new_tokens=4096,  # greedy decoding budget (GuardReasoner-VL: 4096)
         rollout_engine="static",  # static | continuous (docs/sampling.md#engines)
-        rollout_slots=0,  # continuous: decode slots; 0 = a quarter of a batch's prompts
+        rollout_slots=0,  # continuous: decode slots; 0 = half a batch's prompts
         limit=0,  # samples per benchmark; 0 = all
         on_error="fail",  # fail | skip (skipped samples go to OUT/quarantine.jsonl)
     ))

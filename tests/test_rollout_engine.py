@@ -116,7 +116,7 @@ def test_target_lengths_end_rows_and_size_the_reads(model):
     inputs = text_inputs(c)
     params = SamplingParams(N, (255,), c.generation_pad_id, num_samples=2)
     graphdef, state = nnx.split(model)
-    eng = ContinuousEngine(graphdef, params, slots=3, page=PAGE)
+    eng = ContinuousEngine(graphdef, params, slots=3, page=PAGE, shrinks=0)
     batch = jax.device_put(model.prepare_inputs(**inputs))
     free = SampleOutput(*(np.asarray(a) for a in eng(state, batch, jax.random.key(0))))
     targets = np.asarray([1, 8, 2, 3, 8, 5, 1, 1], np.int32)
@@ -127,8 +127,8 @@ def test_target_lengths_end_rows_and_size_the_reads(model):
     keep = out.completion_mask
     np.testing.assert_array_equal(out.tokens[keep], free.tokens[keep])
     assert (out.tokens[~keep] == c.generation_pad_id).all()
-    # 21 decode steps of work (targets - 1) for 3 slots (odd: the pool never halves): 8
-    # iterations, the longest row's 7 and one behind it
+    # 21 decode steps of work (targets - 1) for a fixed pool of 3 slots: 8 iterations, the
+    # longest row's 7 and one behind it
     assert int(out.steps) == 8 and eng.row_steps() == 3 * 8
     t = c.text
     token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * 4
@@ -141,10 +141,11 @@ def test_target_lengths_end_rows_and_size_the_reads(model):
     assert token * 3 * 12 < read < token * 3 * 20, read
 
 
-def schedule(work, slots, halvings):
+def schedule(work, slots, shrinks):
     """A host model of the decode pool: rows (decode steps each, in queue order) through
-    `slots`, the pool halving while the rows left fit in half -> (steps, slot-steps)."""
-    sizes = pool_sizes(slots, halvings)
+    `slots`, the pool moving to its next size once the rows left fit in it -> (steps,
+    slot-steps)."""
+    sizes = pool_sizes(slots, shrinks)
     queue, live, steps, slot_steps, size = [w for w in work if w > 0], [], 0, 0, 0
     for size, smaller in zip(sizes, sizes[1:] + [0]):
         while len(live) + len(queue) > smaller:
@@ -155,28 +156,30 @@ def schedule(work, slots, halvings):
     return steps, slot_steps
 
 
-def test_pool_halves_as_rows_run_out(model):
-    """4 prompts x G 4 through 8 slots with one long row per prompt: the pool halves to 4, 2
-    and 1 slots as the rows run out (the slot-steps of a host model of the schedule), and the
-    output equals that of a pool that never halves."""
+def test_pool_shrinks_as_rows_run_out(model):
+    """4 prompts x G 4 through 8 slots with one long row per prompt: the pool shrinks to 6, 4,
+    3, 2 and 1 slots as the rows run out (the slot-steps of a host model of the schedule), and
+    the output equals that of a pool that never shrinks."""
     c = model.config
     inputs = text_inputs(c)
     params = SamplingParams(N, (255,), c.generation_pad_id, num_samples=4)
     graphdef, state = nnx.split(model)
     batch = jax.device_put(model.prepare_inputs(**inputs))
     targets = np.asarray([8, 2, 1, 3] * 2 + [2, 8, 2, 2] * 2, np.int32)
-    assert pool_sizes(8, 3) == [8, 4, 2, 1] and pool_sizes(12, 3, shards=4) == [12]
+    assert pool_sizes(8, 7) == [8, 6, 4, 3, 2, 1] and pool_sizes(8, 2) == [8, 6, 4]
+    assert pool_sizes(64, 7, shards=4) == [64, 48, 36, 24, 16, 12, 8, 4]
+    assert pool_sizes(4, 7, shards=4) == [4]
     outs = {}
-    for halvings in (0, 3):
-        eng = ContinuousEngine(graphdef, params, slots=8, page=PAGE, halvings=halvings)
+    for shrinks in (0, 7):
+        eng = ContinuousEngine(graphdef, params, slots=8, page=PAGE, shrinks=shrinks)
         out = SampleOutput(*(np.asarray(a) for a in eng(state, batch, jax.random.key(0),
                                                          target_lengths=targets)))
-        outs[halvings] = out
-        steps, slot_steps = schedule((targets - 1).tolist(), 8, halvings)
-        assert (int(out.steps), eng.row_steps()) == (steps, slot_steps), halvings
-    assert_same(outs[3], outs[0])
-    fixed, halved = (schedule((targets - 1).tolist(), 8, h)[1] for h in (0, 3))
-    assert halved < fixed * 0.8, (halved, fixed)
+        outs[shrinks] = out
+        steps, slot_steps = schedule((targets - 1).tolist(), 8, shrinks)
+        assert (int(out.steps), eng.row_steps()) == (steps, slot_steps), shrinks
+    assert_same(outs[7], outs[0])
+    fixed, shrunk = (schedule((targets - 1).tolist(), 8, h)[1] for h in (0, 7))
+    assert shrunk < fixed * 0.8, (shrunk, fixed)
 
 
 def test_prompt_pages_are_not_tiled(model):
@@ -269,7 +272,7 @@ def test_pallas_kernel_rollout_equals_static(model):
     params = SamplingParams(2, (255,), c.generation_pad_id, num_samples=2,
                             cache_dtype="bfloat16")
     want = run(Sampler, model, inputs, params)
-    got = run(ContinuousEngine, model, inputs, params, slots=2, page=PAGE, halvings=0,
+    got = run(ContinuousEngine, model, inputs, params, slots=2, page=PAGE, shrinks=0,
               kernel="pallas_interpret")
     np.testing.assert_array_equal(got.tokens, want.tokens)
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
@@ -326,10 +329,10 @@ def test_pool_and_block_are_checked(model):
     params = SamplingParams(N, (1,), 0)
     with pytest.raises(ValueError, match="slots=0"):
         ContinuousEngine(graphdef, params, slots=0)
-    assert ContinuousEngine(graphdef, params).pool_size(12) == 3
+    assert ContinuousEngine(graphdef, params).pool_size(12) == 6
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(10) == 4
-    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(40) == 12
+    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(10) == 8
+    assert ContinuousEngine(graphdef, params, mesh=mesh).pool_size(40) == 20
     with pytest.raises(ValueError, match="slots=4: the static engine"):
         engines.make_engine("static", graphdef, params, slots=4)
     assert engines.make_engine("continuous", graphdef, params, slots=4).pool_size(40) == 4

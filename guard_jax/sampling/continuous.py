@@ -14,12 +14,13 @@ max_new_tokens, pages of `page` keys):
     slot's last token, writes its keys and values at the row's next position and attends to the
     row's first `length` positions through the table (paged_attention.py: XLA, or the TPU Pallas
     kernel). When a row ends (an EOS id, or N tokens) its slot takes the next row still to
-    decode, in the same iteration. When the rows left (decoding or pending) fit in half the
-    pool, the live slots move to the front of a pool half the size (only their small per-slot
-    state moves; the pages stay where they are), up to `halvings` times, so the end of a step
-    does not run a full pool for a few long rows. Shapes are static within each loop.
+    decode, in the same iteration. When the rows left (decoding or pending) fit in the next
+    smaller pool (about 3/4 of the size), the live slots move to the front of it (only their
+    small per-slot state moves; the pages stay where they are), up to `shrinks` times, so the
+    end of a step does not run a full pool for a few long rows. Shapes are static within each
+    loop.
 Row r's token i is drawn with the key `fold_in(fold_in(rng, r), i)`, whichever slot runs it,
-so the output does not depend on the pool, its halvings or the mesh.
+so the output does not depend on the pool, its sizes or the mesh.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from guard_jax.sharding import (
     SAMPLE_RULES, batch_shardings, param_shardings, shard_activation, use_rules)
 
 PAGE = 64  # keys per page
-HALVINGS = 3  # times the decode pool may halve as a step's rows run out
+SHRINKS = 7  # times the decode pool may shrink (to about 3/4) as a step's rows run out
 KERNEL_BLOCK_KEYS = 512  # keys per block of the Pallas kernel (XLA: one page per block)
 # prompt pages [layers, kv_heads, pages, page, head_dim] and the decode page pool
 # [kv_heads, layers * pages, page, head_dim] (layer i's pages at i * pages ..: one array the
@@ -98,12 +99,18 @@ def own_pages(max_new_tokens: int, page: int) -> int:
     return max(1, -(-(page - 1 + max_new_tokens - 1) // page))
 
 
-def pool_sizes(slots: int, halvings: int, shards: int = 1) -> list[int]:
-    """The decode pool's sizes: `slots`, then halved while the half is a whole multiple of
-    `shards` (the mesh's batch devices), at most `halvings` times."""
+def pool_sizes(slots: int, shrinks: int, shards: int = 1) -> list[int]:
+    """The decode pool's sizes: `slots`, then each the largest multiple of `shards` (the mesh's
+    batch devices) at most 3/4 of the one before and smaller than it, at most `shrinks` times
+    and never below `shards`. (A pool of size s runs while more rows than the next size are
+    left, so each loop's slots are over 3/4 busy until its last rows, where halving would
+    leave them half busy.)"""
     sizes = [slots]
-    while len(sizes) <= halvings and sizes[-1] % 2 == 0 and (sizes[-1] // 2) % shards == 0:
-        sizes.append(sizes[-1] // 2)
+    while len(sizes) <= shrinks:
+        nxt = min(sizes[-1] * 3 // 4, sizes[-1] - 1) // shards * shards
+        if nxt < max(shards, 1):
+            break
+        sizes.append(nxt)
     return sizes
 
 
@@ -169,11 +176,11 @@ def _first_tokens(pick, logits, rng, g: int):
 
 
 def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int, page: int = PAGE,
-            halvings: int = HALVINGS, shards: int = 1, kernel: str = "auto",
+            shrinks: int = SHRINKS, shards: int = 1, kernel: str = "auto",
             target_lengths=None):
     """Prefill + continuous decode in one pure function (trace it under `jit`; on a mesh inside
-    `use_rules(mesh, SAMPLE_RULES)`). `slots`: the decode pool's first size S; it halves at
-    most `halvings` times, staying a multiple of `shards`. `target_lengths` [R] (optional, for
+    `use_rules(mesh, SAMPLE_RULES)`). `slots`: the decode pool's first size S; it shrinks
+    at most `shrinks` times (`pool_sizes`), staying a multiple of `shards`. `target_lengths` [R] (optional, for
     benchmarks): row r also ends after that many tokens. `kernel`: the decode attention
     (paged_attention.KERNELS; auto: the Pallas kernel where the model's attention resolves to
     the Pallas splash kernel, i.e. on a TPU, else XLA). -> (SampleOutput, slot-steps (the pool
@@ -197,7 +204,7 @@ def rollout(model, batch: dict, rng, params: SamplingParams, *, slots: int, page
         limit = jnp.clip(jnp.asarray(target_lengths, jnp.int32), 1, n)
     if n > 1:
         kernel = resolve_kernel(kernel, model, page)
-        init = _decode(model, prompts, init, rng, params, pick, pool_sizes(slots, halvings, shards),
+        init = _decode(model, prompts, init, rng, params, pick, pool_sizes(slots, shrinks, shards),
                        page, limit, kernel)
     lengths = init["lengths"]
     return SampleOutput(tokens=init["tokens"], lengths=lengths,
@@ -336,11 +343,14 @@ def _decode(model, prompts: PagedPrompts, out: dict, rng, params, pick, sizes: l
 
 
 def default_slots(rows: int, mesh=None) -> int:
-    """A quarter of the rows (finished rows hand their slots on, so the pool stays busy),
-    rounded up to a multiple of the mesh's data x fsdp size, at most the rows."""
+    """Half the rows (finished rows hand their slots on, so the pool stays busy), rounded up to
+    a multiple of the mesh's data x fsdp size, at most the rows. A decode step costs a fixed
+    part (reading the weights) plus a part per slot: half the rows, shrinking as they run out,
+    keeps the steps near the longest row's length and over 90% of the slot-steps useful on
+    long-tailed lengths (docs/sampling.md#engines)."""
     shards = _shards(mesh)
-    quarter = -(-rows // 4)
-    return min(rows, -(-quarter // shards) * shards)
+    half = -(-rows // 2)
+    return min(rows, -(-half // shards) * shards)
 
 
 def _shards(mesh) -> int:
@@ -350,22 +360,22 @@ def _shards(mesh) -> int:
 class ContinuousEngine(Sampler):
     """`engine(state, batch, rng) -> SampleOutput` as `Sampler`, through `rollout` in one jit.
     slots: the decode pool's first size (default `default_slots`); page: keys per page;
-    halvings: how often the pool may halve as the rows run out (0: a fixed pool); kernel: the
+    shrinks: how often the pool may shrink as the rows run out (0: a fixed pool); kernel: the
     decode attention (as `rollout`'s)."""
 
     def __init__(self, graphdef, params: SamplingParams, *, mesh=None, rules=SAMPLE_RULES,
-                 slots: int | None = None, page: int = PAGE, halvings: int = HALVINGS,
+                 slots: int | None = None, page: int = PAGE, shrinks: int = SHRINKS,
                  kernel: str = "auto"):
         super().__init__(graphdef, params, mesh=mesh, rules=rules)
         if slots is not None and slots < 1:
             raise ValueError(f"slots={slots}; must be >= 1")
         if page < 1:
             raise ValueError(f"page={page}; must be >= 1")
-        if halvings < 0:
-            raise ValueError(f"halvings={halvings}; must be >= 0")
+        if shrinks < 0:
+            raise ValueError(f"shrinks={shrinks}; must be >= 0")
         if kernel != "auto" and kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}; choose auto or one of {KERNELS}")
-        self.slots, self.page, self.halvings, self.kernel = slots, page, halvings, kernel
+        self.slots, self.page, self.shrinks, self.kernel = slots, page, shrinks, kernel
 
     def pool_size(self, rows: int) -> int:
         return min(rows, self.slots) if self.slots else default_slots(rows, self.mesh)
@@ -373,7 +383,7 @@ class ContinuousEngine(Sampler):
     def _rollout(self, state, batch, rng, targets):
         rows = batch["input_ids"].shape[0] * self.params.num_samples
         return rollout(nnx.merge(self.graphdef, state), batch, rng, self.params,
-                       slots=self.pool_size(rows), page=self.page, halvings=self.halvings,
+                       slots=self.pool_size(rows), page=self.page, shrinks=self.shrinks,
                        shards=_shards(self.mesh), kernel=self.kernel, target_lengths=targets)
 
     def _compile(self, state, batch):
@@ -435,4 +445,4 @@ class ContinuousEngine(Sampler):
 
 
 __all__ = ["ContinuousEngine", "PagedPrompts", "rollout", "prefill_prompts", "decode_layers",
-           "default_slots", "own_pages", "pool_sizes", "PAGE", "HALVINGS"]
+           "default_slots", "own_pages", "pool_sizes", "PAGE", "SHRINKS"]
