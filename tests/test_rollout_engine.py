@@ -93,6 +93,15 @@ def test_greedy_text_equals_static_with_refills(model):
     # 4 slots ran the 12 rows' decode steps (lengths - 1 each) with little idling
     useful = int((want.lengths - 1).sum())
     assert useful / 4 <= int(got.steps) <= useful / 4 + N, (got.steps, useful)
+    # `guard_jax.generate(..., engine=...)`, eval's entry point, runs the same engine
+    from guard_jax import generate
+    kw = dict(max_new_tokens=N, eos_token_ids=eos, num_samples=3, return_output=True)
+    again = generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     engine="continuous", slots=4, **kw)
+    assert_same(SampleOutput(*again), want)
+    with pytest.raises(ValueError, match="unknown rollout engine 'paged'"):
+        generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                 engine="paged", **kw)
 
 
 def test_greedy_images_equals_static(model):
@@ -194,22 +203,6 @@ def test_prompt_pages_are_not_tiled(model):
     assert prompts.length.shape == (4,) and logits.shape == (4, t.vocab_size)
     got = prefill_prompts(model, jax.device_put(host), params, PAGE)[0]
     np.testing.assert_array_equal(np.asarray(got.length), [11, 6, 9, 3])
-
-
-def test_generate_takes_the_engine_by_name(model):
-    """`guard_jax.generate(..., engine=...)` (eval and moderate's entry point) decodes through
-    the named engine: greedy rows equal the static engine's; an unknown name is refused."""
-    from guard_jax import generate
-    c = model.config
-    inputs = text_inputs(c)
-    kw = dict(max_new_tokens=N, eos_token_ids=(255,), num_samples=2, return_output=True)
-    want = generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"], **kw)
-    got = generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                   engine="continuous", **kw)
-    assert_same(SampleOutput(*got), SampleOutput(*want))
-    with pytest.raises(ValueError, match="unknown rollout engine 'paged'"):
-        generate(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                 engine="paged", **kw)
 
 
 def test_registered_by_name(model):
