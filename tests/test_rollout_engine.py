@@ -24,8 +24,7 @@ from guard_jax.sampling.continuous import (
     ContinuousEngine, own_pages, pool_sizes, prefill_prompts, resolve_kernel)
 from guard_jax.sampling.paged_attention import kernel_for, paged_attention
 from guard_jax.sampling.sampler import SampleOutput, Sampler, SamplingParams
-from guard_jax.sharding import (
-    SAMPLE_RULES, batch_shardings, make_mesh, param_shardings, put_batch)
+from guard_jax.sharding import SAMPLE_RULES, batch_shardings, make_mesh, put_batch
 from hf_reference import image_tokens, left_pad, random_image_inputs
 from test_generate import GRIDS, assert_frequencies
 from test_grpo import _metrics, _params, _run_config, _train, task  # noqa: F401 (a fixture)
@@ -361,28 +360,12 @@ def test_grpo_engine_knobs_are_checked(task):  # noqa: F811
     assert run.grpo.rollout_slots == 4
 
 
-def test_grpo_rollout_compiles_for_tpu():
-    """GRPO with rollout_engine=continuous compiles for a v5p 2x2x1 topology with the TPU
-    compiler on this CPU host (as tests/test_tpu_aot.py does): one rollout program (prefill
-    and slot loop, attention on XLA), next to the log-prob forward and the update."""
-    from guard_jax import aot
-    from guard_jax.run_config import load_config
-
-    run = load_config("configs/tiny_grpo.py", [
-        "--config.model.attention_impl=auto", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-        "--config.mesh.tensor=2", "--config.grpo.rollout_engine=continuous"])
-    shape, results = aot.compile_run(run, aot.tpu_devices(aot.parse_tpu_target("v5p-8")))
-    r = {x.name: x for x in results}
-    assert set(r) == {"rollout continuous", "old/ref log-probs", "grpo update step"}
-    assert r["rollout continuous"].peak > 0 and r["rollout continuous"].flops > 0
-
-
 def test_pallas_decode_kernel_compiles_for_tpu():
     """The engine with the Pallas paged-attention kernel compiles for a v5p 2x2x1 topology
     (4 devices: data 2 x tensor 2) with the TPU compiler on this CPU host: a model whose
     head_dim (128) and pages (64 keys) tile for Mosaic, bfloat16, 2 prompts x G 4 through 4
-    slots. The kernel (a Mosaic custom call) runs under shard_map: slots over data, KV heads
-    over tensor."""
+    slots, compiled as `guard-jax plan` compiles a GRPO run's rollout. The kernel (a Mosaic
+    custom call) runs under shard_map: slots over data, KV heads over tensor."""
     import dataclasses
 
     from guard_jax import aot
@@ -403,17 +386,11 @@ def test_pallas_decode_kernel_compiles_for_tpu():
     fields = {"input_ids": jax.ShapeDtypeStruct((2, 128), np.int32),
               "attention_mask": jax.ShapeDtypeStruct((2, 128), np.int32),
               "position_ids": jax.ShapeDtypeStruct((3, 2, 128), np.int32)}
-    params = aot._abstract(params, param_shardings(params, mesh, SAMPLE_RULES))
-    batch = aot._batch(fields, mesh, SAMPLE_RULES)
-    rng = jax.eval_shape(lambda: jax.random.key(0))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    lowered = engine.functions(params, batch).lower(
-        params, batch, jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated),
-        jax.ShapeDtypeStruct((8,), np.int32, sharding=replicated))
-    assert "tpu_custom_call" in lowered.as_text()
     cache = jax.config.jax_enable_compilation_cache  # a TPU executable cannot be cached here
     jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        assert lowered.compile().memory_analysis() is not None
+    try:  # through the planner's path for a one-program engine (`guard-jax plan`)
+        (got,) = aot._sampler_programs("rollout", engine, params, fields, mesh)
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
+    assert got.name == "rollout continuous" and got.error is None
+    assert got.custom_calls >= 1 and got.peak > 0 and got.flops > 0
