@@ -131,6 +131,28 @@ def test_rules_validation_messages():
         logical_to_spec(("nonsense",), TRAIN_RULES, (4,), mesh)
 
 
+def test_steps_on_fake_cpu_devices_do_not_queue_ahead():
+    """The 8 fake CPU devices share one thread pool: 60 train-step-like programs with an
+    all-reduce, queued without waiting, deadlock it and XLA aborts the process after 40 s.
+    Each call on such a mesh returns ready results, so a loop that syncs rarely (SFT logs
+    every log_every steps) runs through."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from guard_jax.training.train_step import jit_with_batch, shared_pool
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    assert shared_pool(mesh)
+    w = jax.device_put(jnp.ones((64, 64)), NamedSharding(mesh, P()))
+    step = jit_with_batch(lambda w, b: w + 1e-3 * jnp.tanh(b["input_ids"] @ w).mean(0), mesh,
+                          NamedSharding(mesh, P()), out_shardings=NamedSharding(mesh, P()))
+    x = np.ones((16, 64), np.float32)
+    for _ in range(60):
+        w = step(w, {"input_ids": x})
+        assert w.is_ready()
+    assert np.isfinite(np.asarray(w)).all()
+
+
 def test_flat_range():
     assert _flat_range((slice(2, 4), slice(None)), (8, 16)) == (32, 64)
     assert _flat_range((slice(None), slice(0, 8)), (1, 16)) == (0, 8)

@@ -173,6 +173,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh=None,
                           donate_argnums=0)
 
 
+def shared_pool(mesh) -> bool:
+    """Whether the mesh's local devices are XLA's host-platform CPU devices, which all run on
+    one thread pool. There, a few dozen programs with collectives queued ahead of the device
+    can hold every thread while an earlier program's rendezvous waits for one, and XLA ends
+    the process after 40 s ("Termination timeout for `all reduce ...`"). Programs on such a
+    mesh wait for their results before the next is queued (docs/sharding.md)."""
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return len(local) > 1 and local[0].platform == "cpu"
+
+
 def jit_with_batch(fn, mesh, first_shardings, *, rules=TRAIN_RULES, out_shardings=None,
                    donate_argnums=()) -> Callable:
     """`fn(first, batch)` jitted with explicit in_shardings: `first_shardings` for its first
@@ -181,6 +191,7 @@ def jit_with_batch(fn, mesh, first_shardings, *, rules=TRAIN_RULES, out_sharding
     shapes; the batch is placed with exactly those shardings first (host arrays, and device
     arrays whatever layout eager slicing left them in)."""
     compiled = {}
+    wait = shared_pool(mesh)
 
     def program(batch):
         key = tuple(sorted((k, v.shape) for k, v in batch.items()))
@@ -193,7 +204,8 @@ def jit_with_batch(fn, mesh, first_shardings, *, rules=TRAIN_RULES, out_sharding
 
     def run(first, batch):
         b_sh, jitted = program(batch)
-        return jitted(first, put_batch(batch, b_sh))
+        out = jitted(first, put_batch(batch, b_sh))
+        return jax.block_until_ready(out) if wait else out
 
     # ahead-of-time compilation (guard_jax/aot.py) lowers on abstract arguments
     run.lower = lambda first, batch: program(batch)[1].lower(first, batch)
