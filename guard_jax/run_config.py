@@ -147,6 +147,9 @@ def base_config() -> ConfigDict:
         # auto: no old-log-prob forward when the update is strictly on-policy (one update of
         # one epoch per rollout batch, no KL in the reward, no rollout_is) | never
         skip_old_logprob="auto",
+        # the output projection of the update and log-prob passes only where completions hold
+        # tokens, not over their padding (training/filled_head.py)
+        compact_head=True,
         reward="",  # guard_jax.rewards name; "" = data.recipe
         reward_knobs="",  # "key=value,..." for the reward's config (e.g. "mode=paper,beta=1.0")
         similarity_model="",  # sentence-transformers dir for ProGuard's OOD-name similarity

@@ -283,7 +283,17 @@ BATCH_AXES = {
     "advantages": ("act_batch",),
     "rollout_is_weights": ("act_batch", None),
     "sampler_logp": ("act_batch", None),
+    "head_index": ("act_batch", None),  # one row of filled positions per row shard
 }
+
+
+def row_shards(rows: int, mesh, rules=TRAIN_RULES) -> int:
+    """How many contiguous blocks a batch's `rows` split into on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    mesh = auto_mesh(mesh)
+    spec = logical_to_spec(("act_batch",), rules, (rows,), mesh, strict=False)
+    return math.prod(mesh.shape[a] for a in _as_tuple(spec[0] if len(spec) else None))
 
 
 def batch_shardings(batch: dict, mesh, rules=TRAIN_RULES) -> dict:

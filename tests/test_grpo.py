@@ -346,6 +346,61 @@ def test_batch_placed_in_another_layout_is_resharded():
     np.testing.assert_allclose(np.asarray(out), np.asarray(x.sum(1)))
 
 
+# ---------------------------------------------------------------------------- filled positions
+def test_head_over_filled_positions_gives_the_same_loss_and_gradient():
+    """grpo.compact_head: the output projection over the filled completion positions only
+    (gathered per row shard, scattered back) gives the dense path's log p and entropy at every
+    filled position, zeros at padding, and the same loss and gradients; unsharded and on the
+    8 fake devices with rows split in 8 blocks (the index sharded with them)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from guard_jax.bench.grpo_bench import make_batch
+    from guard_jax.bench.model_bench import make_config
+    from guard_jax.models.qwen2_5_vl.model import init_model
+    from guard_jax.sharding import batch_shardings, make_mesh, put_batch, row_shards
+    from guard_jax.training import grpo
+    from guard_jax.training.filled_head import filled_index, index_size
+
+    c = make_config("tiny")
+    graphdef, params = nnx.split(init_model(c, 0), nnx.Param)
+    batch = make_batch(c, 4, 2, 12, 16)
+    lengths = np.array([16, 3, 0, 7, 1, 12, 5, 9])  # a row with no token, one full
+    mask = (np.arange(16)[None] < lengths[:, None]).astype(np.int32)
+    batch.update(completion_mask=jnp.asarray(mask), weights=jnp.asarray(mask, jnp.float32),
+                 denom=jnp.float32(mask.sum()))
+    settings = grpo.L.LossSettings(temperature=0.9, entropy_coeff=0.01, kl_coef=0.0)
+
+    def loss(p, b):
+        return grpo._loss(settings, 1, nnx.merge(graphdef, p), b)[0]
+
+    def logp(p, b):
+        return grpo.completion_logprobs(nnx.merge(graphdef, p), b, temperature=0.9,
+                                        with_entropy=True)
+
+    ref_logp, ref_ent = jax.jit(logp)(params, batch)
+    ref_loss, ref_grad = jax.jit(jax.value_and_grad(loss))(params, batch)
+    assert index_size(3, 64) == 8 and index_size(0, 64) == 8 and index_size(61, 64) == 64
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    for shards in (1, row_shards(8, mesh)):
+        index = filled_index(mask, shards)
+        assert index.shape[0] == shards and (index < 16 * 8 // shards).sum() == mask.sum()
+        b = dict(batch, head_index=jnp.asarray(index))
+        if shards > 1:
+            b = put_batch(b, batch_shardings(b, mesh))
+        got_logp, got_ent = jax.jit(logp)(params, b)
+        np.testing.assert_allclose(np.asarray(got_logp), np.asarray(ref_logp) * mask,
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(got_ent), np.asarray(ref_ent) * mask,
+                                   rtol=1e-5, atol=1e-5)
+        got_loss, got_grad = jax.jit(jax.value_and_grad(loss))(params, b)
+        np.testing.assert_allclose(float(got_loss), float(ref_loss), rtol=1e-5)
+        for a, r in zip(jax.tree.leaves(got_grad), jax.tree.leaves(ref_grad)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=2e-4, atol=1e-6)
+    assert row_shards(8, mesh) == 8 and row_shards(6, mesh) == 1 and row_shards(8, None) == 1
+
+
 # ---------------------------------------------------------------------------- on-policy skip
 def test_skipped_old_logprob_pass_gives_the_same_loss_and_gradient():
     """Strictly on-policy, the loss without old log-probs (old = stop_gradient(current)) equals

@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from guard_jax.distributed import host_array
-from guard_jax.training import grpo_loss as L
+from guard_jax.sharding import row_shards
+from guard_jax.training import filled_head, grpo_loss as L
 from guard_jax.training.grpo_rewards import with_overlong_penalty
 from guard_jax.training.head_loss import head_token_logprobs
 from guard_jax.training.rl.advantages import compute_advantages
@@ -121,9 +122,27 @@ def completion_logprobs(model, batch: dict, *, temperature: float, with_entropy:
         return L.token_logprobs(model.text.logits(h), comp, temperature=temperature,
                                 with_entropy=with_entropy)
     weight, vocab_major = model.text.head_weight(h.dtype)
-    return head_token_logprobs(h, weight, comp,
-                               vocab_major=vocab_major, temperature=temperature,
-                               with_entropy=with_entropy, entropy_grad=entropy_grad)
+    index = batch.get("head_index")
+    if index is None:
+        return head_token_logprobs(h, weight, comp,
+                                   vocab_major=vocab_major, temperature=temperature,
+                                   with_entropy=with_entropy, entropy_grad=entropy_grad)
+    # only the filled positions (grpo.compact_head, training/filled_head.py)
+    h, comp_k = filled_head.gather_filled(h, comp, index)
+    logp, entropy = head_token_logprobs(h, weight, comp_k, vocab_major=vocab_major,
+                                        temperature=temperature, with_entropy=with_entropy,
+                                        entropy_grad=entropy_grad)
+    return (filled_head.scatter_filled(logp, index, comp.shape),
+            None if entropy is None else filled_head.scatter_filled(entropy, index, comp.shape))
+
+
+def head_indices(mask: np.ndarray, slices, shards: int) -> list:
+    """filled_head.filled_index of each micro-batch's rows of the host `mask` [R, N], all of
+    the size of the fullest row shard, so that one program serves the whole pass."""
+    blocks = [np.asarray(mask[rs]) for rs in slices]
+    fullest = max(int((b != 0).reshape(shards, -1).sum(1).max()) for b in blocks)
+    size = filled_head.index_size(fullest, blocks[0].size // shards)
+    return [filled_head.filled_index(b, shards, size) for b in blocks]
 
 
 def micro_slices(start: int, stop: int, size: int, g: int):
@@ -402,12 +421,22 @@ class GRPOTrainer:
 
     def logprobs(self, params, data: dict, prompts: PromptInputs) -> jax.Array:
         size = self.g.logprob_micro_batch or self.run.train.micro_batch
+        slices = list(micro_slices(0, data["tokens"].shape[0], size, self.G))
+        index = self._head_indices(data, [rs for rs, _ in slices])
         out = []
-        for rs, ps in micro_slices(0, data["tokens"].shape[0], size, self.G):
+        for i, (rs, ps) in enumerate(slices):
             batch = dict(prompts(ps), completion=data["tokens"][rs],
-                         completion_mask=data["mask"][rs])
+                         completion_mask=data["mask"][rs], **index[i])
             out.append(self._logp(params, batch))
         return jnp.concatenate(out)
+
+    def _head_indices(self, data: dict, slices: list) -> list[dict]:
+        """Each micro-batch's `head_index` field (grpo.compact_head), or empty dicts."""
+        if not self.g.compact_head:
+            return [{} for _ in slices]
+        rows = slices[0].stop - slices[0].start
+        return [{"head_index": i} for i in head_indices(host_array(data["mask"]), slices,
+                                                         row_shards(rows, self.mesh))]
 
     def update(self, data: dict, prompts: PromptInputs, step: int) -> dict:
         g, run = self.g, self.run
@@ -415,6 +444,8 @@ class GRPOTrainer:
                                           step, run.train.steps)
         rows, mb, micro = data["tokens"].shape[0], run.train.global_batch, run.train.micro_batch
         sums, count, skipped = {}, 0, 0
+        slices = [rs for rs, _ in micro_slices(0, rows, micro, self.G)]
+        index = dict(zip((rs.start for rs in slices), self._head_indices(data, slices)))
         for _ in range(g.num_epochs):
             for m in range(rows // mb):
                 lo = m * mb
@@ -430,7 +461,8 @@ class GRPOTrainer:
                                  completion_mask=data["mask"][rs],
                                  weights=data["weights"][rs],
                                  advantages=data["advantages"][rs], eps_low=eps_low,
-                                 eps_high=eps_high, denom=denom, n_tokens=jnp.sum(w))
+                                 eps_high=eps_high, denom=denom, n_tokens=jnp.sum(w),
+                                 **index[rs.start])
                     if "old_logp" not in data:  # on-policy: the loss measures the mismatch
                         batch.update(sampler_logp=data["sampler_logp"][rs],
                                      n_completion=n_completion)
