@@ -28,5 +28,8 @@ def get_config():
     c.optim.update(lr=1e-4, schedule="constant", weight_decay=1e-2)
     c.grpo.update(num_generations=4, prompts_per_step=4, rollout_chunk_prompts=4,
                   max_prompt_len=224, max_new_tokens=24, temperature=1.0,
-                  dynamic_sampling="mask")
+                  dynamic_sampling="mask",
+                  # every new filled-position count is one more compile, and at this size
+                  # compiling costs more than the padding's head (docs/grpo.md)
+                  compact_head=False)
     return c

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -44,6 +45,7 @@ RL_SEED = 0
 # mostly do not, and 60 GRPO steps lose the format (F1 0.75 -> 0.00); from the final SFT
 # checkpoint the reward has little room.
 SFT_CHECKPOINTS = 10
+SFT_BATCH = 12  # sequences per SFT step
 # Initial weight std of the tiny model, about 1/sqrt(hidden). Qwen's 0.02 (sized for hidden
 # 2048+) leaves a 128-wide model's attention so flat that in 600 steps it never learns to copy
 # the policy's colour from the prompt (teacher-forced accuracy of that token 0.31, i.e. chance;
@@ -132,6 +134,8 @@ def demo_model_config(tokenizer):
 def run_config(paths: dict, workdir: str, *, init_hf: str, tokenizer_dir: str, steps: int,
                seed: int, n_test: int = 200):
     """The demo's run config (SFT + eval sections), built on run_config.base_config()."""
+    import jax
+
     from guard_jax.run_config import base_config, validate
 
     c = base_config()
@@ -139,11 +143,12 @@ def run_config(paths: dict, workdir: str, *, init_hf: str, tokenizer_dir: str, s
     c.workdir = workdir
     c.model.update(hf_dir=init_hf, param_dtype="float32", dtype="float32", remat="none",
                    attention_impl="xla")
-    c.mesh.update(data=-1, fsdp=1, tensor=1)
+    # as many devices as split the SFT batch evenly (all of them on 1, 2, 3, 4, 6 or 12)
+    c.mesh.update(data=math.gcd(SFT_BATCH, jax.device_count()), fsdp=1, tensor=1)
     c.data.update(path=paths["train"], recipe="safeguard_vl", recipe_mode="rl",
                   tokenizer_dir=tokenizer_dir, seq_len=224, images_per_sample=1,
                   min_pixels=84 * 84, max_pixels=84 * 84)
-    c.train.update(global_batch=12, micro_batch=12, steps=steps, seed=seed, log_every=10,
+    c.train.update(global_batch=SFT_BATCH, micro_batch=SFT_BATCH, steps=steps, seed=seed, log_every=10,
                    checkpoint_every=max(steps // SFT_CHECKPOINTS, 1),
                    keep_checkpoints=SFT_CHECKPOINTS)
     c.optim.update(lr=3e-3, warmup_steps=max(steps // 15, 1), schedule="cosine",

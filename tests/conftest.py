@@ -4,9 +4,7 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-from processes import fake_devices  # noqa: E402 (tests/ is on the path)
-
-os.environ.setdefault("XLA_FLAGS", fake_devices(8))
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(tempfile.gettempdir(), "guard_jax_tfds_tests"))

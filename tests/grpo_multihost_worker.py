@@ -19,10 +19,9 @@ import signal
 import sys
 
 if __name__ == "__main__":
-    import processes  # tests/ is the script's directory
     os.environ["JAX_PLATFORMS"] = "cpu"
     devices = 4 if os.environ.get("GUARD_JAX_COORDINATOR") else 8
-    os.environ["XLA_FLAGS"] = processes.fake_devices(devices)
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "tiny_grpo.py")
 

@@ -14,10 +14,8 @@ if __name__ == "__main__":
     # and these settings must not leak into the test process's environment, which later
     # subprocesses (guard-jax train in test_sft) inherit
     os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 sys.path.insert(0, os.path.dirname(__file__))
-if __name__ == "__main__":
-    from processes import fake_devices
-    os.environ["XLA_FLAGS"] = fake_devices(4)
 
 from guard_jax import distributed  # noqa: E402
 

@@ -11,17 +11,6 @@ import warnings
 import numpy as np
 
 
-def fake_devices(n: int) -> str:
-    """XLA_FLAGS for n fake CPU devices.
-
-    The concurrency-optimized scheduler of XLA's CPU compiler is off: an executable it built,
-    once loaded back from the persistent compilation cache, can run its collectives over
-    device subgroups in different orders on different devices, and the devices then wait on
-    each other until XLA ends the process after 40 s (docs/testing.md)."""
-    return (f"--xla_force_host_platform_device_count={n} "
-            "--xla_cpu_enable_concurrency_optimized_scheduler=false")
-
-
 def cache_compiles_on_every_process() -> None:
     """Let every process of a job write JAX's persistent compilation cache, not only process 0.
 

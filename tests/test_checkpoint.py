@@ -20,7 +20,6 @@ from guard_jax.sharding import make_mesh
 from guard_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
                                            abstract_train_state, decode_rng, flatten_state)
 from guard_jax.training.train_step import init_train_state, make_train_step
-from processes import fake_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +136,7 @@ def test_damaged_latest_step_falls_back(trained, tmp_path):
 
 def test_sigterm_saves_and_exits(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=fake_devices(8))
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "checkpoint_worker.py"),
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=ROOT)

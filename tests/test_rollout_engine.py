@@ -333,11 +333,14 @@ def test_pool_and_block_are_checked(model):
 # ---------------------------------------------------------------------------- GRPO, TPU
 def test_grpo_step_with_continuous_equals_static(task, tmp_path):  # noqa: F811
     """One GRPO step (2 prompts x G 4 through the default 2 slots, 16 new tokens) with top_k 1,
-    where both engines draw the argmax: the same rollouts, rewards, loss and parameters."""
+    where both engines draw the argmax: the same rollouts, rewards, loss and parameters. The
+    continuous run also projects only the filled positions (grpo.compact_head), the static
+    one all of them."""
     runs = {}
     for engine in ("static", "continuous"):
         _train(task, tmp_path / engine, **{"train.steps": 1, "train.checkpoint_every": 1,
-                                           "grpo.top_k": 1, "grpo.rollout_engine": engine})
+                                           "grpo.top_k": 1, "grpo.rollout_engine": engine,
+                                           "grpo.compact_head": engine == "continuous"})
         runs[engine] = _metrics(tmp_path / engine)[0], _params(tmp_path / engine, 1)
     (want, want_p), (got, got_p) = runs["static"], runs["continuous"]
     for key in ("reward/total/mean", "reward/total/std", "response_length/mean",
