@@ -53,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--kl-coef", type=float, default=0.0, help="KL loss coefficient (> 0: a ref pass; 0)")
     a("--skip-old-logprob", choices=("auto", "never"), default="auto",
       help="ours: grpo.skip_old_logprob (docs/grpo.md#old-log-probs) (auto)")
+    a("--head", choices=("filled", "all"), default="filled",
+      help="ours: the output projection at the filled completion positions only "
+           "(grpo.compact_head, docs/grpo.md#output-projection-over-filled-positions) or at all "
+           "of them (filled)")
     a("--engine", default="static", help="ours: rollout engine (sampling/engines.py; static)")
     a("--steps", type=int, default=2, help="timed steps per side after one warm-up (2)")
     a("--threads", type=int, default=0, help="torch threads on the TRL side (default: all)")
@@ -154,7 +158,8 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
     from guard_jax.bench.rollout_bench import takes_target_lengths
     from guard_jax.sampling.engines import make_engine
     from guard_jax.sampling.sampler import SamplingParams
-    from guard_jax.sharding import SAMPLE_RULES, TRAIN_RULES, batch_shardings, make_mesh, put_batch
+    from guard_jax.sharding import (SAMPLE_RULES, TRAIN_RULES, batch_shardings, make_mesh,
+                                    put_batch, row_shards)
     from guard_jax.training import grpo
     from guard_jax.training.optim import make_optimizer
     from guard_jax.training.rl.advantages import compute_advantages
@@ -170,7 +175,8 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
     run.train.update(global_batch=R, micro_batch=R, steps=spec["steps"] + 1)
     run.grpo.update(num_generations=G, prompts_per_step=P, rollout_chunk_prompts=P,
                     max_new_tokens=N, kl_coef=spec["kl_coef"],
-                    skip_old_logprob=spec["skip_old_logprob"])
+                    skip_old_logprob=spec["skip_old_logprob"],
+                    compact_head=spec.get("head", "filled") == "filled")
     mc = model_config(run)
     mesh = make_mesh(dict(run.mesh))
     enc = encode_prompts(spec["hf_dir"], mc, prompts(P, spec["image_size"]))
@@ -194,6 +200,7 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
         call_kw["target_lengths"] = jnp.asarray(targets, jnp.int32)
     rng = np.random.default_rng(0)
     records = []
+    head_positions = R * N
     for step in range(spec["steps"] + 1):
         clock.reset()
         t0 = time.perf_counter()
@@ -209,6 +216,10 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
                     jnp.arange(N)[None, :] < lengths[:, None]))
         prompt_batch = put_batch(host, batch_shardings(host, mesh, TRAIN_RULES))
         fwd = dict(prompt_batch, completion=out.tokens, completion_mask=out.completion_mask)
+        if run.grpo.compact_head:  # as GRPOTrainer._head_indices does
+            fwd["head_index"], = grpo.head_indices(np.asarray(out.completion_mask),
+                                                   [slice(0, R)], row_shards(R, mesh))
+            head_positions = fwd["head_index"].size
         data_old = None
         if not skip:
             with clock.phase("old_logprob"):
@@ -239,7 +250,7 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
     # where the resident memory goes, beside the compiled programs' own buffers
     memory = {"params": nbytes(state["params"]), "opt_state": nbytes(state["opt_state"]),
               "ref_params": nbytes(ref) if ref is not None else 0,
-              "fused_head_f32_buffer": R * N * mc.text.vocab_size * 4}
+              "fused_head_f32_buffer": head_positions * mc.text.vocab_size * 4}
     return {"records": records, "skip_old_logprob": skip, "engine": spec["engine"],
             "memory_bytes": memory,
             "prompt_tokens": int(enc["attention_mask"].sum()), "devices": len(jax.devices()),
@@ -505,6 +516,7 @@ def main(args: argparse.Namespace) -> int:
                 "generations": args.generations, "new_tokens": args.new_tokens,
                 "image_size": args.image_size, "kl_coef": args.kl_coef,
                 "skip_old_logprob": args.skip_old_logprob, "engine": args.engine,
+                "head": args.head,
                 "steps": args.steps, "threads": args.threads, "targets": targets}
         for side in sides:
             python = trl_python if side == "trl" else sys.executable
