@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--kl-coef", type=float, default=0.0, help="KL loss coefficient (> 0: a ref pass; 0)")
     a("--skip-old-logprob", choices=("auto", "never"), default="auto",
       help="ours: grpo.skip_old_logprob (docs/grpo.md#old-log-probs) (auto)")
+    a("--slots", type=int, default=0,
+      help="ours: decode slots of the continuous engine (grpo.rollout_slots; 0 = half the rows)")
     a("--head", choices=("filled", "all"), default="filled",
       help="ours: the output projection at the filled completion positions only "
            "(grpo.compact_head, docs/grpo.md#output-projection-over-filled-positions) or at all "
@@ -191,7 +193,8 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
     # forced lengths: an end-of-sequence id outside the vocabulary
     engine = make_engine(spec["engine"], graphdef, SamplingParams(
         max_new_tokens=N, eos_token_ids=(mc.text.vocab_size,),
-        pad_token_id=mc.generation_pad_id, temperature=1.0, num_samples=G), mesh=mesh)
+        pad_token_id=mc.generation_pad_id, temperature=1.0, num_samples=G), mesh=mesh,
+        slots=spec.get("slots", 0))
     host = prompt_batch_of(mc, enc)
     skip = grpo.skips_old_logprob(run)
     targets = spec.get("targets")
@@ -516,7 +519,7 @@ def main(args: argparse.Namespace) -> int:
                 "generations": args.generations, "new_tokens": args.new_tokens,
                 "image_size": args.image_size, "kl_coef": args.kl_coef,
                 "skip_old_logprob": args.skip_old_logprob, "engine": args.engine,
-                "head": args.head,
+                "head": args.head, "slots": args.slots,
                 "steps": args.steps, "threads": args.threads, "targets": targets}
         for side in sides:
             python = trl_python if side == "trl" else sys.executable
