@@ -148,8 +148,8 @@ def run_config(paths: dict, workdir: str, *, init_hf: str, tokenizer_dir: str, s
     c.data.update(path=paths["train"], recipe="safeguard_vl", recipe_mode="rl",
                   tokenizer_dir=tokenizer_dir, seq_len=224, images_per_sample=1,
                   min_pixels=84 * 84, max_pixels=84 * 84)
-    c.train.update(global_batch=SFT_BATCH, micro_batch=SFT_BATCH, steps=steps, seed=seed, log_every=10,
-                   checkpoint_every=max(steps // SFT_CHECKPOINTS, 1),
+    c.train.update(global_batch=SFT_BATCH, micro_batch=SFT_BATCH, steps=steps, seed=seed,
+                   log_every=10, checkpoint_every=max(steps // SFT_CHECKPOINTS, 1),
                    keep_checkpoints=SFT_CHECKPOINTS)
     c.optim.update(lr=3e-3, warmup_steps=max(steps // 15, 1), schedule="cosine",
                    weight_decay=0.0, grad_clip=1.0)

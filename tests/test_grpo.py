@@ -361,7 +361,7 @@ def test_head_over_filled_positions_gives_the_same_loss_and_gradient():
     from guard_jax.models.qwen2_5_vl.model import init_model
     from guard_jax.sharding import batch_shardings, make_mesh, put_batch, row_shards
     from guard_jax.training import grpo
-    from guard_jax.training.filled_head import filled_index, index_size
+    from guard_jax.training.filled_head import filled_index, index_size, pass_indices
 
     c = make_config("tiny")
     graphdef, params = nnx.split(init_model(c, 0), nnx.Param)
@@ -382,6 +382,11 @@ def test_head_over_filled_positions_gives_the_same_loss_and_gradient():
     ref_logp, ref_ent = jax.jit(logp)(params, batch)
     ref_loss, ref_grad = jax.jit(jax.value_and_grad(loss))(params, batch)
     assert index_size(3, 64) == 8 and index_size(0, 64) == 8 and index_size(61, 64) == 64
+    # one size for a pass's micro-batches; rows that do not split over the shards: one block
+    halves = pass_indices(mask, [slice(0, 4), slice(4, 8)], 2)
+    assert [i.shape for i in halves] == [(2, 20), (2, 20)]  # fullest shard 16 + 3 -> 20
+    assert (halves[0][0, :19] == np.flatnonzero(mask[:2])).all() and halves[0][0, 19] == 32
+    assert [i.shape for i in pass_indices(mask, [slice(0, 4), slice(4, 8)], 8)] == [(1, 32)] * 2
     mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     for shards in (1, row_shards(8, mesh)):
         index = filled_index(mask, shards)

@@ -162,7 +162,7 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
     from guard_jax.sampling.sampler import SamplingParams
     from guard_jax.sharding import (SAMPLE_RULES, TRAIN_RULES, batch_shardings, make_mesh,
                                     put_batch, row_shards)
-    from guard_jax.training import grpo
+    from guard_jax.training import filled_head, grpo
     from guard_jax.training.optim import make_optimizer
     from guard_jax.training.rl.advantages import compute_advantages
     from guard_jax.training.train_step import init_train_state
@@ -220,8 +220,8 @@ def run_ours(spec: dict, clock: PhaseClock) -> dict:
         prompt_batch = put_batch(host, batch_shardings(host, mesh, TRAIN_RULES))
         fwd = dict(prompt_batch, completion=out.tokens, completion_mask=out.completion_mask)
         if run.grpo.compact_head:  # as GRPOTrainer._head_indices does
-            fwd["head_index"], = grpo.head_indices(np.asarray(out.completion_mask),
-                                                   [slice(0, R)], row_shards(R, mesh))
+            fwd["head_index"], = filled_head.pass_indices(np.asarray(out.completion_mask),
+                                                          [slice(0, R)], row_shards(R, mesh))
             head_positions = fwd["head_index"].size
         data_old = None
         if not skip:

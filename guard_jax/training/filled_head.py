@@ -52,6 +52,17 @@ def filled_index(mask: np.ndarray, shards: int, size: int | None = None) -> np.n
     return out
 
 
+def pass_indices(mask: np.ndarray, slices, shards: int) -> list[np.ndarray]:
+    """filled_index of each micro-batch (`slices` of the rows of the host `mask` [R, N]), all
+    of the size of the pass's fullest row shard, so that one program serves the whole pass.
+    A micro-batch whose rows do not split into `shards` is one block."""
+    blocks = [np.asarray(mask[rs]) != 0 for rs in slices]
+    split = [shards if len(b) % shards == 0 else 1 for b in blocks]
+    fullest = max(int(b.reshape(s, -1).sum(1).max()) for b, s in zip(blocks, split))
+    size = index_size(fullest, blocks[0].size // split[0])
+    return [filled_index(b, s, size) for b, s in zip(blocks, split)]
+
+
 def gather_filled(h, tokens, index):
     """h [B, N, E], tokens [B, N] -> ([S, K, E], [S, K]) at `index` [S, K] (filled_index)."""
     s = index.shape[0]

@@ -136,15 +136,6 @@ def completion_logprobs(model, batch: dict, *, temperature: float, with_entropy:
             None if entropy is None else filled_head.scatter_filled(entropy, index, comp.shape))
 
 
-def head_indices(mask: np.ndarray, slices, shards: int) -> list:
-    """filled_head.filled_index of each micro-batch's rows of the host `mask` [R, N], all of
-    the size of the fullest row shard, so that one program serves the whole pass."""
-    blocks = [np.asarray(mask[rs]) for rs in slices]
-    fullest = max(int((b != 0).reshape(shards, -1).sum(1).max()) for b in blocks)
-    size = filled_head.index_size(fullest, blocks[0].size // shards)
-    return [filled_head.filled_index(b, shards, size) for b in blocks]
-
-
 def micro_slices(start: int, stop: int, size: int, g: int):
     """(rollout slice, prompt slice) of each micro-batch of `size` rollouts in [start, stop)
     (sizes are multiples or divisors of G, so a micro-batch is whole groups or part of one)."""
@@ -435,8 +426,8 @@ class GRPOTrainer:
         if not self.g.compact_head:
             return [{} for _ in slices]
         rows = slices[0].stop - slices[0].start
-        return [{"head_index": i} for i in head_indices(host_array(data["mask"]), slices,
-                                                         row_shards(rows, self.mesh))]
+        return [{"head_index": i} for i in filled_head.pass_indices(
+            host_array(data["mask"]), slices, row_shards(rows, self.mesh))]
 
     def update(self, data: dict, prompts: PromptInputs, step: int) -> dict:
         g, run = self.g, self.run
